@@ -1,0 +1,245 @@
+"""Image classification on the ImageNet input: the Task that ResNet (and RegNet) share.
+
+The model is the only thing a benchmark swaps: everything else here (input, label-smoothed
+cross-entropy, top-1 over every eval example exactly once, LARS or SGD with the MLPerf
+polynomial schedule, blocks of epochs between evals) follows the MLPerf ResNet rules.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from mlperf_logging.mllog import constants as C
+
+from benchmarks import optimizers
+from benchmarks.config import ConfigError
+from benchmarks.task import Block, Task
+from input_pipelines import imagenet
+
+ModelFactory = Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every image-classification recipe has; recipes fill in the values."""
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      topology='',  # the TPU slice a pod recipe is for, e.g. 'v5p-256'; empty: any
+      output_dir='runs',
+      log_every_steps=50,
+      prefetch_batches=2,
+      mesh=dict(data=-1, fsdp=1, tensor=1),
+      sharding_rules='data_parallel',
+      submission=dict(org='podium', division='closed', status='research', system=''),
+      model=dict(name='resnet50', num_classes=1000, dtype='bfloat16'),
+      data=dict(
+          dir='', prepare='', synthetic=False,
+          # Used when the data set has no manifest with its counts (real ImageNet).
+          train_examples=1_281_167, eval_examples=50_000,
+          shuffle_buffer=16_384, image_size=224, eval_resize=256,
+          crop_area_min=0.08, random_flip=True),
+      train=dict(
+          global_batch_size=1024, eval_batch_size=1024, max_epochs=90,
+          eval_every_epochs=4, eval_offset_epochs=0, label_smoothing=0.1,
+          target_accuracy=0.759),
+      optimizer=dict(
+          name='lars', base_learning_rate=1.0, end_learning_rate=1e-4, warmup_epochs=5.0,
+          decay_steps=0, poly_power=2.0, momentum=0.9, weight_decay=1e-4, epsilon=0.0,
+          trust_coefficient=0.001, nesterov=False),
+  ))
+
+
+class ImageClassificationTask(Task):
+  mlperf_benchmark = C.RESNET
+  ruleset = '4.0.0'
+  quality_name = 'top1'
+  progress_unit = 'epoch'
+
+  def __init__(self, config, runtime, model_factory: ModelFactory, *, mlperf_benchmark: str):
+    self.config = config
+    self.runtime = runtime
+    self.model_factory = model_factory
+    self.mlperf_benchmark = mlperf_benchmark
+    train = config.train
+    self.global_batch_size = train.global_batch_size
+    self.local_batch_size = runtime.local_batch_size(train.global_batch_size)
+    self.local_eval_batch_size = runtime.local_batch_size(train.eval_batch_size)
+    self.target = train.target_accuracy
+    self.preprocessing = imagenet.ImagePreprocessing(
+        image_size=config.data.image_size, eval_resize=config.data.eval_resize,
+        crop_area_range=(config.data.crop_area_min, 1.0),
+        random_flip=config.data.random_flip, dtype='float32')
+    self.source = None
+    self.train_samples = config.data.train_examples
+    self.eval_samples = config.data.eval_examples
+    if not config.data.synthetic:
+      if not config.data.dir:
+        raise ConfigError(f'recipe {config.recipe!r} reads no data: set --set data.dir=PATH '
+                          f'(ImageNet TFRecords or a TFDS imagenet2012 directory) or '
+                          f'--set data.synthetic=True')
+      self.source = imagenet.ImageNetSource.from_dir(config.data.dir)
+      self.train_samples = self.source.num_examples('train') or config.data.train_examples
+      self.eval_samples = self.source.num_examples('validation') or config.data.eval_examples
+      if self.source.num_classes and self.source.num_classes != config.model.num_classes:
+        raise ConfigError(f'{config.data.dir} has {self.source.num_classes} classes but '
+                          f'model.num_classes is {config.model.num_classes}')
+    self.steps_per_epoch = self.train_samples / self.global_batch_size
+    self._schedule = self._learning_rate_schedule()
+    self._eval_num_batches = None
+
+  # -- model, loss, metric ---------------------------------------------------------------
+
+  def create_model(self, rngs):
+    return self.model_factory(self.config.model, rngs)
+
+  def _epoch_step(self, epoch: float) -> int:
+    return int(math.ceil(epoch * self.steps_per_epoch - 1e-9))
+
+  @property
+  def total_steps(self) -> int:
+    return self._epoch_step(self.config.train.max_epochs)
+
+  def _learning_rate_schedule(self):
+    opt = self.config.optimizer
+    warmup = self._epoch_step(opt.warmup_epochs)
+    decay = opt.decay_steps or max(self.total_steps - warmup, 1)
+    return optimizers.warmup_polynomial_decay(
+        base_lr=opt.base_learning_rate, end_lr=opt.end_learning_rate, warmup_steps=warmup,
+        decay_steps=decay, power=opt.poly_power)
+
+  def learning_rate(self, step):
+    return self._schedule(step)
+
+  def optimizer(self):
+    opt = self.config.optimizer
+    if opt.name == 'lars':
+      return optimizers.lars(self._schedule, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                             epsilon=opt.epsilon, trust_coefficient=opt.trust_coefficient,
+                             nesterov=opt.nesterov)
+    if opt.name == 'sgd':
+      return optimizers.sgd_momentum(self._schedule, momentum=opt.momentum,
+                                     weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+    raise ConfigError(f'optimizer.name={opt.name!r}; valid: lars, sgd')
+
+  def loss(self, model, batch, rng):
+    logits = model(batch['image'], train=True)
+    num_classes = logits.shape[-1]
+    labels = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes),
+                                 self.config.train.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, labels).mean()
+    accuracy = (jnp.argmax(logits, -1) == batch['label']).mean()
+    return loss, {'train_top1': accuracy}
+
+  def eval_sums(self, model, batch):
+    logits = model(batch['image'], train=False)
+    mask = batch['mask'].astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+    return {'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
+
+  def quality(self, sums):
+    count = float(sums['count'])
+    if self.source is not None and int(count) != self.eval_samples:
+      raise RuntimeError(f'eval saw {int(count)} examples, expected exactly {self.eval_samples}')
+    return float(sums['correct']) / max(count, 1.0)
+
+  # -- schedule ----------------------------------------------------------------------------
+
+  def blocks(self):
+    """Evals every `eval_every_epochs`, the first one `eval_offset_epochs` early (MLPerf: 4, 0-3)."""
+    train = self.config.train
+    every, offset = train.eval_every_epochs, train.eval_offset_epochs
+    if not 0 <= offset < every:
+      raise ConfigError(f'train.eval_offset_epochs={offset}: must be in [0, {every})')
+    blocks, first_epoch, end_epoch = [], 1, every - offset
+    while first_epoch <= train.max_epochs:
+      end_epoch = min(end_epoch, train.max_epochs)
+      count = end_epoch - first_epoch + 1
+      blocks.append(Block(
+          end_step=self._epoch_step(end_epoch),
+          start_metadata={C.FIRST_EPOCH_NUM: first_epoch, C.EPOCH_COUNT: count},
+          eval_metadata={C.EPOCH_NUM: end_epoch},
+          progress=float(end_epoch)))
+      first_epoch, end_epoch = end_epoch + 1, end_epoch + every
+    return blocks
+
+  def hyperparameters(self):
+    opt, train = self.config.optimizer, self.config.train
+    warmup_steps = self._epoch_step(opt.warmup_epochs)
+    decay_steps = opt.decay_steps or max(self.total_steps - warmup_steps, 1)
+    if opt.name == 'lars':
+      return {
+          C.OPT_NAME: C.LARS,
+          C.LARS_OPT_BASE_LEARNING_RATE: opt.base_learning_rate,
+          C.LARS_OPT_END_LR: opt.end_learning_rate,
+          C.LARS_OPT_LR_DECAY_POLY_POWER: opt.poly_power,
+          C.LARS_OPT_LR_DECAY_STEPS: decay_steps,
+          C.LARS_EPSILON: opt.epsilon,
+          C.LARS_OPT_LEARNING_RATE_WARMUP_EPOCHS: opt.warmup_epochs,
+          C.LARS_OPT_MOMENTUM: opt.momentum,
+          C.LARS_OPT_WEIGHT_DECAY: opt.weight_decay,
+          C.MODEL_BN_SPAN: self.global_batch_size // self.runtime.batch_shards,
+          'label_smoothing': train.label_smoothing,
+      }
+    return {
+        C.OPT_NAME: C.SGD,
+        'sgd_opt_base_learning_rate': opt.base_learning_rate,
+        'sgd_opt_end_learning_rate': opt.end_learning_rate,
+        'sgd_opt_learning_rate_decay_poly_power': opt.poly_power,
+        'sgd_opt_learning_rate_decay_steps': decay_steps,
+        'sgd_opt_weight_decay': opt.weight_decay,
+        'sgd_opt_momentum': opt.momentum,
+        C.MODEL_BN_SPAN: self.global_batch_size // self.runtime.batch_shards,
+        'opt_learning_rate_warmup_epochs': opt.warmup_epochs,
+        'label_smoothing': train.label_smoothing,
+    }
+
+  # -- input -------------------------------------------------------------------------------
+
+  def input_spec(self, *, eval):
+    size = self.config.data.image_size
+    batch = self.local_eval_batch_size if eval else self.local_batch_size
+    spec = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+            'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
+    if eval:
+      spec['mask'] = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    return spec
+
+  def train_batches(self, start_step=0):
+    if self.config.data.synthetic:
+      batch = imagenet.synthetic_batches(self.local_batch_size, self.config.data.image_size,
+                                         self.config.model.num_classes, self.config.seed, 'float32')
+      while True:
+        yield batch
+    dataset = imagenet.train_dataset(
+        self.source, local_batch_size=self.local_batch_size, seed=self.config.seed,
+        process_index=self.runtime.process_index, process_count=self.runtime.process_count,
+        preprocessing=self.preprocessing, shuffle_buffer=self.config.data.shuffle_buffer,
+        start_step=start_step)
+    yield from imagenet.iterate(dataset, self.source.files('train'))
+
+  def eval_batches(self):
+    if self.config.data.synthetic:
+      batch = imagenet.synthetic_batches(self.local_eval_batch_size, self.config.data.image_size,
+                                         self.config.model.num_classes, self.config.seed, 'float32')
+      batch = dict(batch, mask=np.ones((self.local_eval_batch_size,), np.int32))
+      for _ in range(math.ceil(self.eval_samples / self.config.train.eval_batch_size)):
+        yield batch
+      return
+    if self._eval_num_batches is None:
+      # Counted on the first eval, inside the timed run: the dataset is not touched before.
+      local = imagenet.local_eval_count(self.source, self.runtime.process_index,
+                                        self.runtime.process_count)
+      self._eval_num_batches = math.ceil(
+          self.runtime.max_over_processes(local) / self.local_eval_batch_size)
+    dataset = imagenet.eval_dataset(
+        self.source, local_batch_size=self.local_eval_batch_size,
+        num_batches=self._eval_num_batches, process_index=self.runtime.process_index,
+        process_count=self.runtime.process_count, preprocessing=self.preprocessing)
+    yield from imagenet.iterate(dataset, self.source.files('validation'))

@@ -1,0 +1,88 @@
+"""The one small interface between the time-to-train loop and a benchmark.
+
+`benchmarks/train.py` knows a benchmark only through a `Task`: how to build the model and the
+optimizer, the loss and the eval metric, the input, the schedule of train blocks and evals,
+and the hyperparameters to log. A benchmark module exposes `build_task(config, runtime)`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Iterator, Mapping
+
+import jax
+import optax
+from flax import nnx
+
+Batch = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """Training up to `end_step`, then one eval; metadata as MLPerf logs it."""
+  end_step: int
+  start_metadata: Mapping[str, Any]   # block_start / block_stop, e.g. first_epoch_num, epoch_count
+  eval_metadata: Mapping[str, Any]    # eval_* lines, e.g. epoch_num
+  progress: float                     # epochs (or samples) trained at `end_step`
+
+
+class Task(abc.ABC):
+  """What one benchmark under one recipe gives the loop."""
+
+  # MLPerf identity of the log: `submission_benchmark` keyword and the compliance ruleset.
+  mlperf_benchmark: str
+  ruleset: str
+  quality_name: str          # e.g. 'top1'; logged as eval_accuracy
+  target: float
+  progress_unit: str         # 'epoch' or 'samples': the unit of Block.progress
+  global_batch_size: int
+  train_samples: int
+  eval_samples: int
+
+  @abc.abstractmethod
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    """The model with freshly initialised parameters."""
+
+  @abc.abstractmethod
+  def optimizer(self) -> optax.GradientTransformation:
+    ...
+
+  @abc.abstractmethod
+  def learning_rate(self, step) -> jax.Array:
+    """The schedule, for the progress line and TensorBoard."""
+
+  @abc.abstractmethod
+  def loss(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Training loss (train mode) and scalar metrics to report."""
+
+  @abc.abstractmethod
+  def eval_sums(self, model: nnx.Module, batch: Batch) -> dict:
+    """Masked sums over one eval batch (e.g. correct, count); summed over all eval batches."""
+
+  @abc.abstractmethod
+  def quality(self, sums: Mapping[str, float]) -> float:
+    """The quality metric from the summed eval sums."""
+
+  @abc.abstractmethod
+  def blocks(self) -> list[Block]:
+    """Train blocks, each followed by an eval, until the recipe's maximum length."""
+
+  @abc.abstractmethod
+  def input_spec(self, *, eval: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one host-local batch (for compiling and warming up)."""
+
+  @abc.abstractmethod
+  def train_batches(self, start_step: int = 0) -> Iterator[dict]:
+    """Host-local training batches from `start_step` on, forever."""
+
+  @abc.abstractmethod
+  def eval_batches(self) -> Iterator[dict]:
+    """Host-local eval batches with a `mask`; every process yields the same number."""
+
+  @abc.abstractmethod
+  def hyperparameters(self) -> dict[str, Any]:
+    """MLPerf hyperparameter keys and values, derived from the config."""
+
+  def close(self) -> None:
+    """Releases input resources."""

@@ -1,0 +1,178 @@
+"""The runtime: multi-host initialisation, the device mesh, and logical-to-mesh sharding.
+
+One process per host (JAX's multi-controller model). The recipe names mesh axis sizes
+(`data`, `fsdp`, `tensor`; -1 fills the rest) and the logical-axis rules that map the names
+models put on their parameters and activations (`batch`, `embed`, `conv_out`, ...) to those
+axes. Everything is GSPMD through `jax.jit` with `NamedSharding`s; the mesh uses Auto axis
+types, which logical rules need (`jax.make_mesh` now defaults to Explicit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.experimental import mesh_utils, multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from benchmarks.config import ConfigError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+# The mesh axes a batch is split over: data parallelism and FSDP both split the batch.
+BATCH_AXES = ('data', 'fsdp')
+
+# Logical-axis rules, in flax's (logical name, mesh axes) form. A name missing from the rules
+# is replicated.
+RULES = {
+    'data_parallel': (
+        ('batch', BATCH_AXES),
+    ),
+    # ZeRO-3 style: parameters and optimizer state split over `fsdp` along their output axis.
+    'fsdp': (
+        ('batch', BATCH_AXES),
+        ('conv_out', 'fsdp'),
+        ('embed', 'fsdp'),
+        ('mlp', 'fsdp'),
+        ('vocab', 'fsdp'),
+    ),
+}
+
+
+def logical_axis_rules(name: str) -> tuple:
+  if name not in RULES:
+    raise ConfigError(f'unknown sharding rules {name!r}; valid: {", ".join(RULES)}')
+  return RULES[name]
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Starts `jax.distributed` when this is one process of several.
+
+  Explicit values (flags, or PODIUM_COORDINATOR / PODIUM_NUM_PROCESSES / PODIUM_PROCESS_ID)
+  are for CPU and GPU clusters; on a multi-host Cloud TPU VM JAX finds its peers by itself.
+  """
+  coordinator_address = coordinator_address or os.environ.get('PODIUM_COORDINATOR')
+  if num_processes is None and 'PODIUM_NUM_PROCESSES' in os.environ:
+    num_processes = int(os.environ['PODIUM_NUM_PROCESSES'])
+  if process_id is None and 'PODIUM_PROCESS_ID' in os.environ:
+    process_id = int(os.environ['PODIUM_PROCESS_ID'])
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ConfigError('a coordinator address needs --num_processes and --process_id '
+                        '(or PODIUM_NUM_PROCESSES and PODIUM_PROCESS_ID)')
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif _on_multihost_tpu_vm():
+    jax.distributed.initialize()
+
+
+def _on_multihost_tpu_vm() -> bool:
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return len([h for h in hosts.split(',') if h]) > 1
+
+
+def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Resolves the recipe's axis sizes (one may be -1) against the number of devices."""
+  unknown = set(axes) - set(MESH_AXES)
+  if unknown:
+    raise ConfigError(f'unknown mesh axes {sorted(unknown)}; valid: {", ".join(MESH_AXES)}')
+  sizes = {name: int(axes.get(name, 1)) for name in MESH_AXES}
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ConfigError(f'mesh: only one axis may be -1, got {", ".join(free)}')
+  known = math.prod(size for size in sizes.values() if size != -1)
+  if free:
+    if num_devices % known:
+      raise ConfigError(f'mesh {dict(axes)}: {num_devices} devices are not divisible by {known}')
+    sizes[free[0]] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise ConfigError(f'mesh {sizes} needs {math.prod(sizes.values())} devices; '
+                      f'this job has {num_devices}')
+  return sizes
+
+
+def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = mesh_shape(axes, len(devices))
+  shape = tuple(sizes[name] for name in MESH_AXES)
+  try:
+    device_array = mesh_utils.create_device_mesh(shape, devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    device_array = np.asarray(devices).reshape(shape)  # no physical topology (CPU)
+  return Mesh(device_array, MESH_AXES)
+
+
+@dataclasses.dataclass
+class Runtime:
+  """The mesh and the sharding rules one run uses; the loop's only view of devices."""
+  mesh: Mesh
+  rules: tuple
+
+  @classmethod
+  def from_config(cls, config) -> 'Runtime':
+    return cls(make_mesh(dict(config.mesh)), logical_axis_rules(config.sharding_rules))
+
+  @property
+  def process_index(self) -> int:
+    return jax.process_index()
+
+  @property
+  def process_count(self) -> int:
+    return jax.process_count()
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.devices.size
+
+  @property
+  def batch_shards(self) -> int:
+    return math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+
+  def local_batch_size(self, global_batch_size: int) -> int:
+    """This process's share of the global batch; errors name the sizes that would work."""
+    if global_batch_size % self.batch_shards:
+      raise ConfigError(
+          f'global batch {global_batch_size} cannot be split over {self.batch_shards} batch '
+          f'shards (mesh {dict(self.mesh.shape)}); use a multiple of {self.batch_shards}')
+    return global_batch_size // self.process_count
+
+  def sharding(self, logical_spec: Sequence[str | None]) -> NamedSharding:
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(logical_spec), self.rules))
+
+  def tree_shardings(self, logical_specs):
+    """NamedShardings for a tree of logical PartitionSpecs (e.g. from nnx.get_partition_spec)."""
+    return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.rules)
+
+  @contextlib.contextmanager
+  def activate(self):
+    """Mesh and logical rules in scope while tracing: activation constraints resolve here."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(BATCH_AXES))
+
+  def global_batch(self, local_batch):
+    """Host-local numpy batch -> global jax.Arrays split over the batch axes."""
+    sharding = self.batch_sharding()
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+  def max_over_processes(self, value: int) -> int:
+    if self.process_count == 1:
+      return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value))))
+
+  def sync(self, name: str) -> None:
+    if self.process_count > 1:
+      multihost_utils.sync_global_devices(name)

@@ -1,0 +1,85 @@
+"""The recipe registry, `--set` overrides, and an abstract build of every registered recipe."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from benchmarks import registry
+from benchmarks.config import ConfigError, apply_overrides
+from benchmarks.train import build_state_fns
+from launch.runtime import Runtime, make_mesh, logical_axis_rules
+
+ALL_RECIPES = [(b, r) for b in registry.benchmark_names() for r in registry.recipes(b)]
+
+
+def test_every_recipe_documents_source_hardware_and_expected_result():
+  for benchmark, name in ALL_RECIPES:
+    doc = registry.get_recipe(benchmark, name).doc.lower()
+    assert 'source' in doc and 'expected' in doc, f'{benchmark}/{name} docstring'
+    assert any(word in doc for word in ('tpu', 'cpu', 'gpu')), f'{benchmark}/{name} hardware'
+
+
+@pytest.mark.parametrize('benchmark,name', ALL_RECIPES)
+def test_recipe_builds_and_shape_checks_abstractly(benchmark, name):
+  """Builds the task on one CPU device with synthetic input and traces a train step."""
+  config = registry.resolve(benchmark, name, ['data.synthetic=True', 'data.prepare=""'])
+  runtime = Runtime(make_mesh({'data': 1}, jax.devices()[:1]), logical_axis_rules(config.sharding_rules))
+  task = registry.load_benchmark(benchmark).build_task(config, runtime)
+  init, train_step, _, _, _ = build_state_fns(task, runtime, seed=0)
+  state = jax.eval_shape(init)
+  batch = task.input_spec(eval=False)
+  assert batch['image'].shape[0] == config.train.global_batch_size
+  new_state, metrics = jax.eval_shape(train_step, state, batch)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), state)
+  assert metrics['loss'].shape == ()
+  blocks = task.blocks()
+  assert blocks[-1].end_step >= blocks[0].end_step > 0
+  assert all(isinstance(v, (int, float, str)) for v in task.hyperparameters().values())
+  if config.topology:  # every pod recipe names the slice it is for
+    assert config.topology.split('-')[0] in ('v4', 'v5e', 'v5p', 'v6e', 'v7')
+
+
+def test_unknown_recipe_and_benchmark_name_the_valid_ones():
+  with pytest.raises(ConfigError, match='valid recipes: .*digits_cpu'):
+    registry.resolve('resnet50', 'nope')
+  with pytest.raises(ConfigError, match='valid benchmarks: .*resnet50'):
+    registry.resolve('resnet5', 'digits_cpu')
+
+
+def test_overrides_parse_types_and_reject_unknown_keys():
+  config = registry.resolve('resnet50', 'digits_cpu', [
+      'train.global_batch_size=32', 'optimizer.base_learning_rate=3', 'model.name=resnet18',
+      'data.random_flip=True', 'submission.system=my-box'])
+  assert config.train.global_batch_size == 32
+  assert config.optimizer.base_learning_rate == 3.0 and isinstance(config.optimizer.base_learning_rate, float)
+  assert config.model.name == 'resnet18' and config.data.random_flip is True
+  with pytest.raises(ConfigError, match='Did you mean train.global_batch_size'):
+    registry.resolve('resnet50', 'digits_cpu', ['train.global_batch=32'])
+  with pytest.raises(ConfigError, match='expected a int'):
+    registry.resolve('resnet50', 'digits_cpu', ['train.global_batch_size=big'])
+  with pytest.raises(ConfigError, match='expected key=value'):
+    registry.resolve('resnet50', 'digits_cpu', ['train.global_batch_size'])
+
+
+def test_resolved_config_is_locked():
+  config = registry.resolve('resnet50', 'digits_cpu')
+  with pytest.raises(AttributeError):
+    config.train.not_a_field = 1
+
+
+def test_digits_blocks_follow_the_eval_cadence():
+  config = registry.resolve('resnet50', 'digits_cpu', ['data.synthetic=True', 'data.prepare=""',
+                                                        'train.eval_every_epochs=4',
+                                                        'train.eval_offset_epochs=1',
+                                                        'train.max_epochs=10'])
+  runtime = Runtime(make_mesh({'data': 1}, jax.devices()[:1]), logical_axis_rules('data_parallel'))
+  task = registry.load_benchmark('resnet50').build_task(config, runtime)
+  blocks = task.blocks()
+  assert [(b.start_metadata['first_epoch_num'], b.start_metadata['epoch_count']) for b in blocks] == [
+      (1, 3), (4, 4), (8, 3)]
+  assert [b.eval_metadata['epoch_num'] for b in blocks] == [3, 7, 10]
+  # 1,500 digits at batch 64: epoch 3 ends in step 71 (70.3 steps).
+  assert [b.end_step for b in blocks] == [71, 165, 235]
