@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
   config = registry.resolve(args.benchmark, args.recipe, args.set or [])
   from launch import runtime as runtime_lib
   runtime_lib.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  runtime_lib.enable_compilation_cache(args.compilation_cache)
   runtime = runtime_lib.Runtime.from_config(config)
   from benchmarks import train
   benchmark = registry.load_benchmark(args.benchmark)
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--set', action='append', metavar='KEY=VALUE',
                  help='override a recipe field, e.g. --set train.global_batch_size=256')
   p.add_argument('--output', default=None, help='results root (default: the recipe\'s output_dir)')
+  p.add_argument('--compilation_cache',
+                 default=os.environ.get('PODIUM_COMPILATION_CACHE', '~/.cache/podium/jax'),
+                 help="JAX's persistent compilation cache directory; 'none' turns it off")
   p.add_argument('--coordinator_address', default=None, help='host:port of process 0 (multi-process)')
   p.add_argument('--num_processes', type=int, default=None)
   p.add_argument('--process_id', type=int, default=None)

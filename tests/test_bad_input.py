@@ -54,14 +54,15 @@ def test_batch_the_devices_cannot_divide(capsys, tmp_path):
 
 def test_corrupt_record_mid_run_names_the_file_and_aborts_the_log(capsys, tmp_path):
   data = tmp_path / 'digits'
-  digits.write_digits(str(data), image_size=32)
+  digits.write_digits(str(data), image_size=16)
   victim = sorted(glob.glob(str(data / 'train-*')))[0]
   blob = bytearray(open(victim, 'rb').read())
   middle = len(blob) // 2
   blob[middle:middle + 64] = bytes(64)  # break a record's payload and CRC
   open(victim, 'wb').write(bytes(blob))
   code, _, err = run_cli(capsys, 'run', 'resnet50', '--recipe', 'digits_cpu', '--output', str(tmp_path / 'out'),
-                         '--set', f'data.dir={data}', '--set', 'train.max_epochs=2')
+                         '--set', f'data.dir={data}', '--set', 'data.prepare=""',
+                         '--set', 'train.max_epochs=2')
   assert code == 2, err
   assert os.path.basename(victim) in err and 'Traceback' not in err
   logs = glob.glob(str(tmp_path / 'out' / 'podium' / 'results' / '*' / 'resnet' / 'result_0.txt'))

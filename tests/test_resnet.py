@@ -37,14 +37,18 @@ def count_params(model: nnx.Module) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@functools.lru_cache(maxsize=None)
 def abstract(name: str | int, num_classes: int = 1000, dtype=jnp.float32, **kw) -> ResNet:
   """Shapes only, no initialisation; cached because deep models take seconds to trace.
 
   Callers must not mutate the result.
   """
+  return _abstract(name, num_classes, jnp.dtype(dtype), tuple(sorted(kw.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract(name, num_classes, dtype, kw) -> ResNet:
   return nnx.eval_shape(
-      lambda: resnet(name, num_classes=num_classes, dtype=dtype, rngs=nnx.Rngs(0), **kw))
+      lambda: resnet(name, num_classes=num_classes, dtype=dtype, rngs=nnx.Rngs(0), **dict(kw)))
 
 
 def build_tiny(**kw) -> ResNet:

@@ -202,11 +202,15 @@ def test_train_mode_parity_with_transformers_resnet18():
   reference.train()
   with torch.no_grad():
     assert_parity(model, reference, x, train=True)
-  np.testing.assert_allclose(
-      model.stem.bn.mean[...],
-      reference.resnet.embedder.embedder.normalization.running_mean.numpy(), atol=1e-5)
-  # Not compared: PyTorch's running variance uses the unbiased (n - 1) batch variance,
-  # Flax's the biased one.
+  updated = reference.state_dict()
+  means = [t for t in pytorch_resnet.resnet_targets(model, 'transformers')
+           if t.key.endswith('running_mean')]
+  assert len(means) == 20
+  for t in means:
+    np.testing.assert_allclose(t.variable[...], updated[t.key].numpy(), atol=1e-5,
+                               err_msg=t.key)
+  # Running variances differ by design: PyTorch averages the unbiased (n - 1) batch
+  # variance, Flax the biased one that it also normalises with.
 
 
 # --- importer errors and files ----------------------------------------------------------
@@ -256,7 +260,7 @@ def test_wrong_architecture_is_reported_by_key(tv18_state):
 
 def test_torch_tensors_and_numpy_arrays_load_alike(tv18_state):
   from_numpy = load_pytorch_resnet(podium_resnet(18), tv18_state)
-  tensors = {k: torch.from_numpy(v).to(torch.bfloat16 if k == 'fc.bias' else torch.float32)
+  tensors = {k: torch.tensor(v, dtype=torch.bfloat16 if k == 'fc.bias' else torch.float32)
              for k, v in tv18_state.items()}
   from_torch = load_pytorch_resnet(podium_resnet(18), tensors)
   np.testing.assert_array_equal(from_torch.head.kernel[...],
@@ -265,6 +269,9 @@ def test_torch_tensors_and_numpy_arrays_load_alike(tv18_state):
                                 tensors['fc.bias'].float().numpy())
   np.testing.assert_array_equal(from_torch.stem.conv.kernel[...],
                                 tv18_state['conv1.weight'].transpose(2, 3, 1, 0))
+  # The model holds copies: PyTorch updating its buffers in place must not reach it.
+  tensors['bn1.running_mean'].add_(1.0)
+  np.testing.assert_array_equal(from_torch.stem.bn.mean[...], tv18_state['bn1.running_mean'])
 
 
 @pytest.mark.parametrize('suffix', ['.pth', '.bin', '.safetensors'])

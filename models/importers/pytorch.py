@@ -108,7 +108,10 @@ def copy_state_dict(
     raise ValueError('\n'.join(lines))
 
   for t in targets:
-    t.variable.value = jnp.asarray(t.transform(arrays[t.key]), dtype=t.variable.dtype)
+    # A private copy: JAX on CPU may alias a numpy buffer, and torch's buffers (shared with
+    # .numpy()) change in place when the PyTorch model trains on.
+    value = np.array(t.transform(arrays[t.key]), dtype=t.variable.dtype, copy=True)
+    t.variable.set_value(jnp.asarray(value))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
