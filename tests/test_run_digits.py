@@ -103,3 +103,18 @@ def test_second_run_takes_the_next_index_and_logs_aborted(digits_runs):
   assert any(l.startswith('PASS') and l.rstrip().endswith('[ruleset 4.0.0]') and 'result_0.txt' in l
              for l in lines), check.stdout
   assert any('result_1.txt' in l for l in lines) and any('cpu-x1.json' in l for l in lines)
+
+
+def test_sgd_run_logs_the_sgd_keys_and_passes_compliance(digits_runs):
+  work, _, _, _ = digits_runs
+  out = str(work / 'sgd')
+  run = podium('run', 'resnet50', '--recipe', 'digits_cpu', '--output', out,
+               '--set', f'data.dir={work / "data"}', '--set', 'optimizer.name=sgd',
+               '--set', 'optimizer.base_learning_rate=0.4', cwd=ROOT)
+  assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+  log_path = os.path.join(out, 'podium', 'results', 'cpu-x1', 'resnet', 'result_0.txt')
+  keys = {line['key']: line['value'] for line in mllog_lines(log_path)}
+  assert keys['opt_name'] == 'sgd' and keys['sgd_opt_base_learning_rate'] == 0.4
+  assert 'lars_opt_momentum' not in keys
+  result = compliance.check_log(log_path, ruleset='4.0.0')
+  assert result.passed, result.output
