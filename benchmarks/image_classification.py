@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorflow as tf
 from flax import nnx
 from mlperf_logging.mllog import constants as C
 
@@ -36,11 +37,17 @@ def base_config() -> ml_collections.ConfigDict:
       log_every_steps=50,
       prefetch_batches=2,
       mesh=dict(data=-1, fsdp=1, tensor=1),
+      # Multi-slice: how each axis splits across slices (over DCN); `mesh` is then per slice.
+      dcn_mesh=dict(data=1, fsdp=1, tensor=1),
       sharding_rules='data_parallel',
       submission=dict(org='podium', division='closed', status='research', system=''),
       model=dict(name='resnet50', num_classes=1000, dtype='bfloat16'),
       data=dict(
           dir='', prepare='', synthetic=False,
+          # Input shards (0: one per process). Fixing it makes the data order independent of
+          # the number of processes: one process reading 2 shards sees exactly the batches
+          # two processes would.
+          input_shards=0,
           # Used when the data set has no manifest with its counts (real ImageNet).
           train_examples=1_281_167, eval_examples=50_000,
           shuffle_buffer=16_384, image_size=224, eval_resize=256,
@@ -71,6 +78,7 @@ class ImageClassificationTask(Task):
     self.global_batch_size = train.global_batch_size
     self.local_batch_size = runtime.local_batch_size(train.global_batch_size)
     self.local_eval_batch_size = runtime.local_batch_size(train.eval_batch_size)
+    self.input_shards = self._input_shards()
     self.target = train.target_accuracy
     self.preprocessing = imagenet.ImagePreprocessing(
         image_size=config.data.image_size, eval_resize=config.data.eval_resize,
@@ -93,6 +101,22 @@ class ImageClassificationTask(Task):
     self.steps_per_epoch = self.train_samples / self.global_batch_size
     self._schedule = self._learning_rate_schedule()
     self._eval_num_batches = None
+
+  def _input_shards(self) -> list[int]:
+    """The input shards this process reads; each yields an equal part of the local batch."""
+    count, processes = self.config.data.input_shards or self.runtime.process_count, self.runtime.process_count
+    per_process = count // processes
+    if count % processes or self.local_batch_size % per_process or self.local_eval_batch_size % per_process:
+      raise ConfigError(
+          f'data.input_shards={count} must be a multiple of the {processes} processes, and '
+          f'each process\'s batch ({self.local_batch_size} train, {self.local_eval_batch_size} '
+          f'eval) a multiple of its {max(per_process, 1)} shards')
+    first = self.runtime.process_index * per_process
+    return list(range(first, first + per_process))
+
+  @property
+  def num_input_shards(self) -> int:
+    return self.config.data.input_shards or self.runtime.process_count
 
   # -- model, loss, metric ---------------------------------------------------------------
 
@@ -217,12 +241,13 @@ class ImageClassificationTask(Task):
                                          self.config.model.num_classes, self.config.seed, 'float32')
       while True:
         yield batch
-    dataset = imagenet.train_dataset(
-        self.source, local_batch_size=self.local_batch_size, seed=self.config.seed,
-        process_index=self.runtime.process_index, process_count=self.runtime.process_count,
+    shard_batch = self.local_batch_size // len(self.input_shards)
+    datasets = [imagenet.train_dataset(
+        self.source, local_batch_size=shard_batch, seed=self.config.seed,
+        process_index=shard, process_count=self.num_input_shards,
         preprocessing=self.preprocessing, shuffle_buffer=self.config.data.shuffle_buffer,
-        start_step=start_step)
-    yield from imagenet.iterate(dataset, self.source.files('train'))
+        start_step=start_step) for shard in self.input_shards]
+    yield from imagenet.iterate(_concat(datasets), self.source.files('train'))
 
   def eval_batches(self):
     if self.config.data.synthetic:
@@ -232,14 +257,22 @@ class ImageClassificationTask(Task):
       for _ in range(math.ceil(self.eval_samples / self.config.train.eval_batch_size)):
         yield batch
       return
+    shard_batch = self.local_eval_batch_size // len(self.input_shards)
     if self._eval_num_batches is None:
       # Counted on the first eval, inside the timed run: the dataset is not touched before.
-      local = imagenet.local_eval_count(self.source, self.runtime.process_index,
-                                        self.runtime.process_count)
-      self._eval_num_batches = math.ceil(
-          self.runtime.max_over_processes(local) / self.local_eval_batch_size)
-    dataset = imagenet.eval_dataset(
-        self.source, local_batch_size=self.local_eval_batch_size,
-        num_batches=self._eval_num_batches, process_index=self.runtime.process_index,
-        process_count=self.runtime.process_count, preprocessing=self.preprocessing)
-    yield from imagenet.iterate(dataset, self.source.files('validation'))
+      local = max(imagenet.local_eval_count(self.source, shard, self.num_input_shards)
+                  for shard in self.input_shards)
+      self._eval_num_batches = math.ceil(self.runtime.max_over_processes(local) / shard_batch)
+    datasets = [imagenet.eval_dataset(
+        self.source, local_batch_size=shard_batch, num_batches=self._eval_num_batches,
+        process_index=shard, process_count=self.num_input_shards,
+        preprocessing=self.preprocessing) for shard in self.input_shards]
+    yield from imagenet.iterate(_concat(datasets), self.source.files('validation'))
+
+
+def _concat(datasets):
+  """One batch from each input shard, joined along the batch axis in shard order."""
+  if len(datasets) == 1:
+    return datasets[0]
+  return tf.data.Dataset.zip(tuple(datasets)).map(
+      lambda *parts: {key: tf.concat([part[key] for part in parts], 0) for key in parts[0]})

@@ -29,6 +29,7 @@ from flax import linen as nn
 from flax import nnx
 from mlperf_logging.mllog import constants as C
 
+from benchmarks import flops as flops_lib
 from benchmarks import system_info
 from benchmarks.task import Task
 from launch.runtime import Runtime
@@ -49,6 +50,7 @@ class RunResult:
   log_path: str | None
   record_path: str | None
   eval_curve: list = dataclasses.field(default_factory=list)
+  state: Any = None                # the final train state (params, model_state, opt_state, step)
 
 
 class RunAborted(RuntimeError):
@@ -71,7 +73,7 @@ def build_state_fns(task: Task, runtime: Runtime, seed: int):
   tx = task.optimizer()
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
   rest_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_rest))
-  param_shardings = runtime.tree_shardings(param_specs)
+  param_shardings = runtime.tree_shardings(nnx.to_pure_dict(abstract_params), param_specs)
 
   def init():
     model = task.create_model(nnx.Rngs(seed))
@@ -85,7 +87,7 @@ def build_state_fns(task: Task, runtime: Runtime, seed: int):
       tx, lambda _, sharding: sharding, abstract_state['opt_state'], param_shardings,
       transform_non_params=lambda _: runtime.replicated())
   state_shardings = {'step': runtime.replicated(), 'params': param_shardings,
-                     'model_state': runtime.tree_shardings(rest_specs),
+                     'model_state': runtime.tree_shardings(nnx.to_pure_dict(abstract_rest), rest_specs),
                      'opt_state': opt_shardings}
 
   def train_step(state, batch):
@@ -118,10 +120,12 @@ def build_state_fns(task: Task, runtime: Runtime, seed: int):
 
 
 class _Progress:
-  """One line of progress: step, ETA, step time, throughput, data wait, last eval."""
+  """One line of progress: step, ETA, step time, throughput, MFU, data wait, last eval."""
 
-  def __init__(self, total_steps: int, global_batch: int, unit: str, enabled: bool):
+  def __init__(self, total_steps: int, global_batch: int, unit: str, enabled: bool,
+               step_flops: flops_lib.StepFlops):
     self.total_steps, self.global_batch, self.unit, self.enabled = total_steps, global_batch, unit, enabled
+    self.step_flops = step_flops
     self.last_eval = ''
     self.tty = enabled and sys.stdout.isatty()
 
@@ -131,8 +135,13 @@ class _Progress:
     eta = (self.total_steps - step) * step_time
     line = (f'step {step}/{self.total_steps} | {self.unit} {progress:.2f} | loss {metrics["loss"]:.4f}'
             f' | {step_time * 1e3:.1f} ms/step | {self.global_batch / step_time:,.0f} ex/s'
-            f' | data {100 * data_share:.0f}% | ETA {_hms(eta)}{self.last_eval}')
+            f'{self._mfu(step_time)} | data {100 * data_share:.0f}% | ETA {_hms(eta)}{self.last_eval}')
     print(('\r' + line + '\x1b[K') if self.tty else line, end='' if self.tty else '\n', flush=True)
+
+  def _mfu(self, step_time):
+    mfu = self.step_flops.mfu(step_time)
+    achieved = self.step_flops.achieved_per_device(step_time)
+    return f' | {achieved / 1e12:.3g} TFLOP/s/dev' + (f' MFU {100 * mfu:.1f}%' if mfu is not None else '')
 
   def eval(self, quality_name, quality, progress):
     self.last_eval = f' | eval {quality_name} {quality:.4f} @ {self.unit} {progress:g}'
@@ -162,24 +171,53 @@ def _prefetch_to_device(batches: Iterator[dict], runtime: Runtime, size: int, wa
     yield queue.popleft()
 
 
-def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
-        print_fn: Callable[[str], None] = print) -> RunResult:
-  """Runs one timed training run of `task` and writes its MLPerf log and result record."""
-  is_main = runtime.process_index == 0
-  output_root = output_root or config.output_dir
-  system = system_info.system_name(config, runtime)
-  layout = SubmissionLayout(output_root, config.submission.org, system, task.mlperf_benchmark)
-  log_path = None
-  result_index = None
-  if is_main:
-    result_index, log_path = layout.reserve_result()
-  run_dir = os.path.join(output_root, 'runs', config.benchmark, system, f'result_{result_index}')
-  mllog = MLPerfLogger(log_path, enabled=is_main)
-  writer = metric_writers.create_default_writer(
-      os.path.join(run_dir, 'tensorboard') if is_main else None, just_logging=not is_main,
-      asynchronous=True)
+@dataclasses.dataclass
+class CompiledSteps:
+  """The compiled train and eval steps, a fresh state, and what they cost."""
+  state: Any
+  train: Any
+  eval: Any
+  new_sums: Any
+  eval_batch0: Any
+  flops: flops_lib.StepFlops
+  compile_s: float
 
-  init_wall = time.time()
+
+def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
+  """Compiles and warms up the train and eval steps on zeros: before run_start, and without
+  touching the dataset, which is first read once the clock runs."""
+  # Built outside the mesh context: nnx.eval_shape would read logical names as mesh axes.
+  init_fn, train_step, eval_step, zero_sums, state_shardings = build_state_fns(task, runtime, seed)
+  with runtime.activate():
+    batch_sharding = runtime.batch_sharding()
+    replicated = runtime.replicated()
+    jit_init = jax.jit(init_fn, out_shardings=state_shardings)
+    jit_train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=(state_shardings, replicated), donate_argnums=0)
+    jit_eval = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding, replicated),
+                       out_shardings=replicated, donate_argnums=2)
+    start = time.perf_counter()
+    state = jit_init()
+    train_batch0 = runtime.global_batch(_zeros(task.input_spec(eval=False)))
+    eval_batch0 = runtime.global_batch(_zeros(task.input_spec(eval=True)))
+    new_sums = jax.jit(zero_sums, out_shardings=replicated)
+    eval_zero = new_sums(state, eval_batch0)
+    compiled_train = jit_train.lower(state, train_batch0).compile()
+    compiled_eval = jit_eval.lower(state, eval_batch0, eval_zero).compile()
+    warm_state, warm_metrics = compiled_train(state, train_batch0)  # donates `state`
+    jax.block_until_ready(compiled_eval(warm_state, eval_batch0, new_sums(warm_state, eval_batch0)))
+    del warm_state, warm_metrics
+    state = jit_init()  # the warm-up consumed (donated) the first one; init is deterministic
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - start
+  step_flops = flops_lib.StepFlops(flops_lib.compiled_flops(compiled_train), runtime.num_devices,
+                                   flops_lib.peak_per_device(list(runtime.mesh.devices.flat)))
+  return CompiledSteps(state, compiled_train, compiled_eval, new_sums, eval_batch0, step_flops,
+                       compile_s)
+
+
+def _initialize(config, runtime, task, mllog, layout, system, run_dir, is_main):
+  """From init_start up to init_stop: log what the run is, then compile and warm up."""
   mllog.event(C.CACHE_CLEAR, True)
   mllog.start(C.INIT_START)
   # submission_division must come before init_stop: it sets the checker's init time limit.
@@ -203,34 +241,40 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
     system_info.write_system_json(layout.system_json_path, config, runtime, system)
 
   blocks = task.blocks()
-  total_steps = blocks[-1].end_step
-  # Built outside the mesh context: nnx.eval_shape would read logical names as mesh axes.
-  init_fn, train_step, eval_step, zero_sums, state_shardings = build_state_fns(task, runtime, int(config.seed))
-  with runtime.activate():
-    batch_sharding = runtime.batch_sharding()
-    replicated = runtime.replicated()
-    jit_init = jax.jit(init_fn, out_shardings=state_shardings)
-    jit_train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=(state_shardings, replicated), donate_argnums=0)
-    jit_eval = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding, replicated),
-                       out_shardings=replicated, donate_argnums=2)
+  steps = compile_steps(task, runtime, int(config.seed))
+  return steps, blocks, blocks[-1].end_step
 
-    # Compile and warm up before run_start, on zeros: the dataset is not touched until the clock runs.
-    compile_start = time.perf_counter()
-    state = jit_init()
-    train_batch0 = runtime.global_batch(_zeros(task.input_spec(eval=False)))
-    eval_batch0 = runtime.global_batch(_zeros(task.input_spec(eval=True)))
-    new_sums = jax.jit(zero_sums, out_shardings=replicated)
-    eval_zero = new_sums(state, eval_batch0)
-    compiled_train = jit_train.lower(state, train_batch0).compile()
-    compiled_eval = jit_eval.lower(state, eval_batch0, eval_zero).compile()
-    warm_state, warm_metrics = compiled_train(state, train_batch0)  # donates `state`
-    jax.block_until_ready(compiled_eval(warm_state, eval_batch0, new_sums(warm_state, eval_batch0)))
-    del warm_state, warm_metrics
-    state = jit_init()  # the warm-up consumed (donated) the first one; init is deterministic
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - compile_start
 
+def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
+        print_fn: Callable[[str], None] = print) -> RunResult:
+  """Runs one timed training run of `task` and writes its MLPerf log and result record."""
+  is_main = runtime.process_index == 0
+  output_root = output_root or config.output_dir
+  system = system_info.system_name(config, runtime)
+  layout = SubmissionLayout(output_root, config.submission.org, system, task.mlperf_benchmark)
+  log_path = None
+  result_index = None
+  if is_main:
+    result_index, log_path = layout.reserve_result()
+  run_dir = os.path.join(output_root, 'runs', config.benchmark, system, f'result_{result_index}')
+  mllog = MLPerfLogger(log_path, enabled=is_main)
+  writer = metric_writers.create_default_writer(
+      os.path.join(run_dir, 'tensorboard') if is_main else None, just_logging=not is_main,
+      asynchronous=True)
+
+  init_wall = time.time()
+  try:
+    steps, blocks, total_steps = _initialize(config, runtime, task, mllog, layout, system,
+                                             run_dir, is_main)
+  except BaseException:
+    # A run that never started is no result: keep its log beside the results, out of the count.
+    _finish(writer, mllog, task)
+    if log_path and os.path.exists(log_path):
+      os.replace(log_path, f'{log_path}.init_failed')
+    raise
+  state, compiled_train, compiled_eval = steps.state, steps.train, steps.eval
+  new_sums, eval_batch0, step_flops, compile_s = (steps.new_sums, steps.eval_batch0, steps.flops,
+                                                  steps.compile_s)
   runtime.sync('init_done')
   mllog.end(C.INIT_STOP)
   init_s = time.time() - init_wall
@@ -239,7 +283,9 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
 
   status, quality, progress = C.ABORTED, None, 0.0
   eval_curve = []
-  progress_line = _Progress(total_steps, task.global_batch_size, task.progress_unit, is_main)
+  progress_line = _Progress(total_steps, task.global_batch_size, task.progress_unit, is_main,
+                            step_flops)
+  step_times = []
   data_wait = [0.0]
   train_time = eval_time = 0.0
   step = 0
@@ -261,11 +307,13 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
           step_time = (now - interval_start) / interval_steps
           data_share = (data_wait[0] - interval_wait) / max(now - interval_start, 1e-9)
           epoch_now = block.progress * step / block.end_step if block.end_step else 0.0
+          step_times.append(step_time)
           progress_line.show(step, step_time, data_share, values, epoch_now)
+          mfu = step_flops.mfu(step_time)
           writer.write_scalars(step - 1, dict(
               {k: float(v) for k, v in values.items()},
               step_time_ms=step_time * 1e3, examples_per_s=task.global_batch_size / step_time,
-              data_wait_share=data_share))
+              data_wait_share=data_share, **({'mfu': mfu} if mfu is not None else {})))
           interval_start, interval_steps, interval_wait = now, 0, data_wait[0]
         pending = metrics
       jax.block_until_ready(state)
@@ -293,7 +341,7 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
     _finish(writer, mllog, task)
     _write_record(config, runtime, task, layout, result_index, log_path, C.ABORTED, quality,
                   progress, None, init_s, compile_s, train_time, eval_time, data_wait[0], step,
-                  eval_curve, error=f'{type(error).__name__}: {error}')
+                  eval_curve, step_flops, step_times, error=f'{type(error).__name__}: {error}')
     raise
   mllog.end(C.RUN_STOP, metadata={C.STATUS: status})
   time_to_train = time.perf_counter() - run_start
@@ -301,10 +349,20 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
   examples_per_s = step * task.global_batch_size / train_time if train_time else None
   record_path = _write_record(config, runtime, task, layout, result_index, log_path, status,
                               quality, progress, time_to_train, init_s, compile_s, train_time,
-                              eval_time, data_wait[0], step, eval_curve)
+                              eval_time, data_wait[0], step, eval_curve, step_flops, step_times)
   return RunResult(status=status, quality=quality, target=task.target, progress=progress,
                    time_to_train_s=time_to_train, init_s=init_s, examples_per_s=examples_per_s,
-                   log_path=log_path, record_path=record_path, eval_curve=eval_curve)
+                   log_path=log_path, record_path=record_path, eval_curve=eval_curve,
+                   state=state)
+
+
+def _distribution(values) -> dict | None:
+  """Median and spread of the step times measured between progress lines."""
+  if not values:
+    return None
+  values = np.asarray(values)
+  return {'median': float(np.median(values)), 'p10': float(np.percentile(values, 10)),
+          'p90': float(np.percentile(values, 90)), 'count': int(values.size)}
 
 
 def _zeros(spec: dict) -> dict:
@@ -327,7 +385,7 @@ def _finish(writer, mllog: MLPerfLogger, task: Task) -> None:
 
 def _write_record(config, runtime, task, layout, result_index, log_path, status, quality,
                   progress, time_to_train, init_s, compile_s, train_s, eval_s, data_wait_s,
-                  steps, eval_curve, error=None):
+                  steps, eval_curve, step_flops, step_times, error=None):
   if runtime.process_index != 0 or result_index is None:
     return None
   commit, dirty = result_record.podium_revision()
@@ -344,6 +402,8 @@ def _write_record(config, runtime, task, layout, result_index, log_path, status,
       progress_unit=task.progress_unit,
       eval_curve=[list(point) for point in eval_curve],
       throughput=(steps * task.global_batch_size / train_s) if train_s else None,
+      model_flops_per_step=step_flops.per_step or None,
+      mfu=step_flops.mfu(float(np.median(step_times))) if step_times else None,
       global_batch_size=task.global_batch_size,
       num_devices=runtime.num_devices,
       device_kind=system_info.device_kind(),
@@ -354,7 +414,10 @@ def _write_record(config, runtime, task, layout, result_index, log_path, status,
       podium_dirty=dirty,
       log_path=log_path,
       extra=dict(compile_s=compile_s, train_s=train_s, eval_s=eval_s, data_wait_s=data_wait_s,
-                 steps=steps, error=error),
+                 steps=steps, error=error,
+                 step_time_s=_distribution(step_times),
+                 peak_flops_per_device=step_flops.peak.flops_per_device if step_flops.peak else None,
+                 peak_source=step_flops.peak.source if step_flops.peak else None),
   )
   path = layout.record_path(result_index)
   result_record.write_record(path, record)

@@ -109,14 +109,29 @@ def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
   return sizes
 
 
-def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None,
+              dcn_axes: Mapping[str, int] | None = None) -> Mesh:
+  """A mesh over `devices` with podium's axes.
+
+  `dcn_axes` splits each axis across slices (multi-slice TPU): e.g. {'data': 2} over two
+  slices puts the slow data-center network only between the two halves of `data`, and
+  `axes` then gives the sizes inside one slice.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  sizes = mesh_shape(axes, len(devices))
+  dcn = {name: int((dcn_axes or {}).get(name, 1)) for name in MESH_AXES}
+  num_slices = math.prod(dcn.values())
+  if len(devices) % num_slices:
+    raise ConfigError(f'dcn_mesh {dcn} needs a multiple of {num_slices} devices; got {len(devices)}')
+  sizes = mesh_shape(axes, len(devices) // num_slices)
   shape = tuple(sizes[name] for name in MESH_AXES)
-  try:
-    device_array = mesh_utils.create_device_mesh(shape, devices)
-  except (ValueError, NotImplementedError, AssertionError):
-    device_array = np.asarray(devices).reshape(shape)  # no physical topology (CPU)
+  if num_slices > 1:
+    device_array = mesh_utils.create_hybrid_device_mesh(
+        shape, tuple(dcn[name] for name in MESH_AXES), devices)
+  else:
+    try:
+      device_array = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):
+      device_array = np.asarray(devices).reshape(shape)  # no physical topology (CPU)
   return Mesh(device_array, MESH_AXES)
 
 
@@ -127,8 +142,9 @@ class Runtime:
   rules: tuple
 
   @classmethod
-  def from_config(cls, config) -> 'Runtime':
-    return cls(make_mesh(dict(config.mesh)), logical_axis_rules(config.sharding_rules))
+  def from_config(cls, config, devices: Sequence[Any] | None = None) -> 'Runtime':
+    dcn = dict(config.dcn_mesh) if 'dcn_mesh' in config else None
+    return cls(make_mesh(dict(config.mesh), devices, dcn), logical_axis_rules(config.sharding_rules))
 
   @property
   def process_index(self) -> int:
@@ -157,9 +173,23 @@ class Runtime:
   def sharding(self, logical_spec: Sequence[str | None]) -> NamedSharding:
     return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(logical_spec), self.rules))
 
-  def tree_shardings(self, logical_specs):
-    """NamedShardings for a tree of logical PartitionSpecs (e.g. from nnx.get_partition_spec)."""
-    return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.rules)
+  def tree_shardings(self, abstract_tree, logical_specs):
+    """NamedShardings for arrays with logical PartitionSpecs (from nnx.get_partition_spec).
+
+    A dimension whose size the mesh axes do not divide is replicated instead (e.g. 64
+    channels over fsdp=256 on a large pod): GSPMD needs even shards, and replicating one
+    small tensor costs less than failing the run.
+    """
+    def sharding(leaf, spec):
+      mesh_spec = nn.logical_to_mesh_axes(tuple(spec), self.rules)
+      dims = []
+      for size, axes in zip(leaf.shape, tuple(mesh_spec) + (None,) * (len(leaf.shape) - len(mesh_spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = math.prod(self.mesh.shape[name] for name in names)
+        dims.append(axes if names and size % ways == 0 else None)
+      return NamedSharding(self.mesh, P(*dims))
+    return jax.tree.map(sharding, abstract_tree, logical_specs,
+                        is_leaf=lambda x: isinstance(x, P))
 
   @contextlib.contextmanager
   def activate(self):

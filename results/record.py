@@ -24,6 +24,8 @@ training samples for BERT-style ones (MLPerf's `epoch_num` convention), named by
 | progress_unit                 | 'epoch' / 'samples' / 'steps' | unit of the progress numbers |
 | eval_curve                    | list of [progress, value, time_s] | every eval; time_s since run_start |
 | throughput                    | float / null           | training examples per second (mean over the timed run) |
+| model_flops_per_step          | float / null           | FLOPs of one train step, all devices (XLA cost analysis) |
+| mfu                           | float / null           | model FLOP/s per device / the device's peak (median step time) |
 | global_batch_size             | int                    | examples per optimizer step, all devices |
 | num_devices                   | int                    | accelerator devices in the run (all hosts) |
 | device_kind                   | str                    | e.g. 'TPU v5p', 'NVIDIA H100 80GB HBM3', 'cpu' |
@@ -148,6 +150,8 @@ class ResultRecord:
     progress_unit: str = "epoch"
     eval_curve: list[tuple[float, float, float]] = field(default_factory=list)
     throughput: float | None = None
+    model_flops_per_step: float | None = None
+    mfu: float | None = None
     mesh_shape: dict[str, int] = field(default_factory=dict)
     config_hash: str = ""
     versions: dict[str, str] = field(default_factory=dict)

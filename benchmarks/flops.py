@@ -1,0 +1,77 @@
+"""Model FLOPs and MFU, measured rather than assumed.
+
+FLOPs come from XLA's cost analysis of the compiled train step: it describes the partitioned
+per-device program, so the step's total is that times the number of devices. The peak is
+the chip's dense bf16 rate from `launch.chips`; on a CPU, where no table holds, it is a
+matmul rate measured at start-up and split evenly over the (simulated) devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of one execution of a compiled per-device program (0 if XLA does not say)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def measure_cpu_matmul_rate(size: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a float32 matmul on this host, best of `repeats` (all cores XLA uses)."""
+  matmul = jax.jit(lambda a, b: a @ b, backend='cpu')
+  a = jnp.ones((size, size), jnp.float32, device=jax.devices('cpu')[0])
+  jax.block_until_ready(matmul(a, a))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  flops_per_device: float
+  source: str          # where the number comes from, for the record
+
+
+def peak_per_device(devices) -> Peak | None:
+  """The peak FLOP/s of one device, or None for an accelerator missing from the table."""
+  device = devices[0]
+  if device.platform == 'cpu':
+    per_host = measure_cpu_matmul_rate()
+    local = max(sum(1 for d in devices if d.process_index == device.process_index), 1)
+    return Peak(per_host / local, f'measured float32 matmul rate of this CPU / {local} devices')
+  from launch import chips
+  chip = chips.chip_for_device_kind(device.device_kind)
+  if chip is None:
+    return None
+  return Peak(chip.peak_bf16_flops / chip.devices_per_chip, f'{chip.name} bf16 peak (launch/chips.py)')
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlops:
+  per_device: float
+  num_devices: int
+  peak: Peak | None
+
+  @property
+  def per_step(self) -> float:
+    return self.per_device * self.num_devices
+
+  def achieved_per_device(self, step_time_s: float) -> float:
+    return self.per_device / step_time_s
+
+  def mfu(self, step_time_s: float) -> float | None:
+    if not self.peak or not self.per_device:
+      return None
+    return self.achieved_per_device(step_time_s) / self.peak.flops_per_device

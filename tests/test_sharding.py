@@ -1,0 +1,89 @@
+"""GSPMD on 8 simulated CPU devices: data, FSDP and mixed layouts train like one device,
+compile to the collectives they need, and FSDP divides the per-device state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import registry
+from benchmarks.train import build_state_fns, compile_steps
+from launch.runtime import Runtime, logical_axis_rules, make_mesh
+
+LAYOUTS = {
+    'one_device': ({'data': 1}, 'data_parallel', 1),
+    'data8': ({'data': 8}, 'data_parallel', 8),
+    'fsdp8': ({'fsdp': 8}, 'fsdp', 8),
+    'data2_fsdp4': ({'data': 2, 'fsdp': 4}, 'fsdp', 8),
+}
+
+
+def task_for(layout, overrides=()):
+  axes, rules, devices = LAYOUTS[layout]
+  config = registry.resolve('resnet50', 'digits_cpu', [
+      'data.synthetic=True', 'data.prepare=""', 'train.global_batch_size=16',
+      'train.eval_batch_size=16', f'sharding_rules={rules}', *overrides])
+  runtime = Runtime(make_mesh(axes, jax.devices()[:devices]), logical_axis_rules(rules))
+  return registry.load_benchmark('resnet50').build_task(config, runtime), runtime
+
+
+def train_steps(layout, batches):
+  task, runtime = task_for(layout)
+  steps = compile_steps(task, runtime, seed=0)
+  state, losses = steps.state, []
+  for batch in batches:
+    state, metrics = steps.train(state, runtime.global_batch(batch))
+    losses.append(float(metrics['loss']))
+  return jax.device_get(state['params']), np.array(losses), steps.train.as_text()
+
+
+@pytest.fixture(scope='module')
+def reference_batches():
+  rng = np.random.default_rng(0)
+  return [{'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, size=(16,)).astype(np.int32)} for _ in range(4)]
+
+
+@pytest.fixture(scope='module')
+def one_device(reference_batches):
+  return train_steps('one_device', reference_batches)
+
+
+@pytest.mark.parametrize('layout,collective', [
+    ('data8', 'all-reduce'), ('fsdp8', 'all-gather'), ('data2_fsdp4', 'all-gather')])
+def test_layout_matches_one_device_and_has_its_collectives(layout, collective, one_device,
+                                                             reference_batches):
+  params0, losses0, _ = one_device
+  params, losses, hlo = train_steps(layout, reference_batches)
+  # Tolerance: float32 sums in another order over 4 LARS steps (trust ratios amplify a little).
+  np.testing.assert_allclose(losses, losses0, rtol=2e-5, atol=2e-6)
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, params0)
+  assert max(jax.tree.leaves(diffs)) < 5e-5, diffs
+  assert collective in hlo
+  assert 'all-reduce' in hlo  # gradients and BatchNorm statistics over the global batch
+
+
+def _argument_bytes(layout):
+  task, runtime = task_for(layout)
+  init, train_step, _, _, shardings = build_state_fns(task, runtime, seed=0)
+  state = jax.eval_shape(init)
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=runtime.batch_sharding())
+           for k, v in task.input_spec(eval=False).items()}
+  with runtime.activate():
+    compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()
+  return compiled.memory_analysis().argument_size_in_bytes
+
+
+def test_fsdp_divides_the_per_device_state():
+  replicated, fsdp = _argument_bytes('data8'), _argument_bytes('fsdp8')
+  assert fsdp <= replicated / 6, (fsdp, replicated)
+
+
+def test_dimension_the_mesh_cannot_divide_is_replicated():
+  task, runtime = task_for('fsdp8')
+  _, _, _, _, shardings = build_state_fns(task, runtime, seed=0)
+  head_bias = shardings['params']['head']['bias']   # 10 classes, not a multiple of 8
+  kernel = shardings['params']['stem']['conv']['kernel']
+  assert head_bias.spec == jax.sharding.PartitionSpec(None)
+  assert kernel.spec[-1] == 'fsdp'
