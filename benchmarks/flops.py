@@ -28,7 +28,7 @@ def compiled_flops(compiled) -> float:
 def measure_cpu_matmul_rate(size: int = 1024, repeats: int = 5) -> float:
   """FLOP/s of a float32 matmul on this host, best of `repeats` (all cores XLA uses)."""
   matmul = jax.jit(lambda a, b: a @ b, backend='cpu')
-  a = jnp.ones((size, size), jnp.float32, device=jax.devices('cpu')[0])
+  a = jnp.ones((size, size), jnp.float32, device=jax.local_devices(backend='cpu')[0])
   jax.block_until_ready(matmul(a, a))
   best = float('inf')
   for _ in range(repeats):

@@ -87,6 +87,36 @@ def cmd_check(args) -> int:
   return 0 if results and all(r.passed for r in results) else 1
 
 
+def cmd_compile(args) -> int:
+  """Ahead-of-time compile for a TPU slice on this machine: does the recipe fit the pod?
+
+  JAX stays on the CPU platform: the TPU devices are compile-only, and on a TPU VM the chips
+  stay with whatever training job holds them.
+  """
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  from launch import aot
+  if sys.argv[1:2] == ['compile']:  # this process is the command, not a test calling main()
+    aot.relaunch_with_unlimited_stack(sys.argv[1:])
+  from benchmarks.config import ConfigError
+  if args.all:
+    if args.recipe:
+      raise ConfigError('give either --recipe NAME or --all, not both')
+    targets = aot.pod_recipes(args.benchmark)
+    if not targets:
+      raise ConfigError(f'no registered recipe of {args.benchmark or "any benchmark"} names a TPU '
+                        f'topology')
+  else:
+    if not args.benchmark or not args.recipe:
+      raise ConfigError('name a recipe: podium compile BENCHMARK --recipe NAME (or --all)')
+    targets = [(args.benchmark, args.recipe)]
+  try:
+    reports = aot.run(targets, args.set or [], args.topology)
+  except aot.LibtpuUnavailable as error:
+    print(f'podium: {error}', file=sys.stderr)
+    return 2
+  return aot.exit_code(reports)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='podium', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -114,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('path')
   p.add_argument('--ruleset', default=None, help='override the inferred ruleset, e.g. 4.0.0')
   p.set_defaults(fn=cmd_check)
+
+  p = sub.add_parser('compile', help="compile a recipe's train step for its TPU slice on this "
+                     'machine: HBM per chip, FLOPs, collectives (needs the tpu extra)')
+  p.add_argument('benchmark', nargs='?')
+  p.add_argument('--recipe', default=None)
+  p.add_argument('--all', action='store_true',
+                 help='every registered recipe that names a TPU topology (of BENCHMARK if given)')
+  p.add_argument('--topology', default=None,
+                 help="the slice, overriding the recipe's: v4-64, v5p-256, v5litepod-16, v6e-64, "
+                      'tpu7x-128, 2xv5p-256 (two slices), v5p:4x4x8')
+  p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                 help='override a recipe field, e.g. --set train.global_batch_size=8192')
+  p.set_defaults(fn=cmd_compile)
   return parser
 
 

@@ -1,13 +1,15 @@
 """GSPMD on 8 simulated CPU devices: data, FSDP and mixed layouts train like one device,
 compile to the collectives they need, and FSDP divides the per-device state."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks import registry
-from benchmarks.train import build_state_fns, compile_steps
+from benchmarks.train import build_state_fns
 from launch.runtime import Runtime, logical_axis_rules, make_mesh
 
 LAYOUTS = {
@@ -27,14 +29,29 @@ def task_for(layout, overrides=()):
   return registry.load_benchmark('resnet50').build_task(config, runtime), runtime
 
 
-def train_steps(layout, batches):
+@functools.lru_cache(maxsize=None)
+def compiled_train_step(layout):
+  """The loop's train step, jitted with the loop's shardings (eval is not needed here)."""
   task, runtime = task_for(layout)
-  steps = compile_steps(task, runtime, seed=0)
-  state, losses = steps.state, []
+  init, train_step, _, _, shardings = build_state_fns(task, runtime, seed=0)
+  with runtime.activate():
+    init = jax.jit(init, out_shardings=shardings)
+    step = jax.jit(train_step, in_shardings=(shardings, runtime.batch_sharding()),
+                   out_shardings=(shardings, runtime.replicated()), donate_argnums=0)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=runtime.batch_sharding())
+             for k, v in task.input_spec(eval=False).items()}
+    compiled = step.lower(jax.eval_shape(init), batch).compile()
+  return runtime, init, compiled
+
+
+def train_steps(layout, batches):
+  runtime, init, step = compiled_train_step(layout)
+  state = init()
+  losses = []
   for batch in batches:
-    state, metrics = steps.train(state, runtime.global_batch(batch))
+    state, metrics = step(state, runtime.global_batch(batch))
     losses.append(float(metrics['loss']))
-  return jax.device_get(state['params']), np.array(losses), steps.train.as_text()
+  return jax.device_get(state['params']), np.array(losses), step.as_text()
 
 
 @pytest.fixture(scope='module')
@@ -64,14 +81,7 @@ def test_layout_matches_one_device_and_has_its_collectives(layout, collective, o
 
 
 def _argument_bytes(layout):
-  task, runtime = task_for(layout)
-  init, train_step, _, _, shardings = build_state_fns(task, runtime, seed=0)
-  state = jax.eval_shape(init)
-  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=runtime.batch_sharding())
-           for k, v in task.input_spec(eval=False).items()}
-  with runtime.activate():
-    compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()
+  _, _, compiled = compiled_train_step(layout)
   return compiled.memory_analysis().argument_size_in_bytes
 
 
