@@ -8,8 +8,7 @@ polynomial schedule, blocks of epochs between evals) follows the MLPerf ResNet r
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

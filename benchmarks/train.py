@@ -18,14 +18,13 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from clu import metric_writers
-from flax import linen as nn
 from flax import nnx
 from mlperf_logging.mllog import constants as C
 
@@ -245,8 +244,7 @@ def _initialize(config, runtime, task, mllog, layout, system, run_dir, is_main):
   return steps, blocks, blocks[-1].end_step
 
 
-def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None,
-        print_fn: Callable[[str], None] = print) -> RunResult:
+def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None) -> RunResult:
   """Runs one timed training run of `task` and writes its MLPerf log and result record."""
   is_main = runtime.process_index == 0
   output_root = output_root or config.output_dir

@@ -200,8 +200,8 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
   return counts
 
 
-def _flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
+def _flops(compiled_or_lowered) -> float | None:
+  cost = compiled_or_lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
     cost = cost[0] if cost else None
   if not cost or 'flops' not in cost:
@@ -222,7 +222,9 @@ class CompileReport:
   memory: MemoryUse | None = None
   usable_hbm: int | None = None         # per device, as XLA says
   needed_hbm: int | None = None         # from an out-of-memory compile error
-  flops_per_device: float | None = None
+  flops_per_device: float | None = None  # XLA:TPU's count for the compiled, partitioned step
+  model_flops: float | None = None       # the whole step before partitioning (all devices)
+  while_loops: int = 0                   # in the compiled program
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
   error: str | None = None              # a failure that is not out-of-memory
 
@@ -249,6 +251,10 @@ class CompileReport:
   @property
   def flops_total(self) -> float | None:
     return None if self.flops_per_device is None else self.flops_per_device * self.topology.num_devices
+
+  @property
+  def model_flops_per_device(self) -> float | None:
+    return None if self.model_flops is None else self.model_flops / self.topology.num_devices
 
   def verdict(self) -> str:
     """'fits (uses X GiB of Y GiB, Z%)' or 'does NOT fit: needs X GiB, ...'."""
@@ -277,12 +283,22 @@ class CompileReport:
       m = self.memory
       out.append(f'                arguments {_size(m.argument)} + outputs {_size(m.output)} + '
                  f'temporaries {_size(m.temp)} - aliased {_size(m.alias)}; code {_size(m.code)}')
-    if self.flops_per_device is not None:
+    word = _device_word(spec.chip)
+    if self.model_flops is not None:
       peak = spec.chip.peak_flops_per_device('bfloat16')
-      ideal = (f'; at least {1e3 * self.flops_per_device / peak:.3g} ms/step at the bf16 peak'
+      ideal = (f': at least {_duration(self.model_flops_per_device / peak)}/step at the bf16 peak'
                if peak else '')
-      out.append(f'  FLOPs/step    {_flop(self.flops_per_device)} per {_device_word(spec.chip)}, '
-                 f'{_flop(self.flops_total)} in all{ideal}')
+      out.append(f'  FLOPs/step    model {_flop(self.model_flops)} ({_flop(self.model_flops_per_device)} '
+                 f'per {word}){ideal}')
+    if self.flops_per_device is not None:
+      low = ''
+      if (self.while_loops and self.model_flops_per_device
+          and self.flops_per_device < 0.95 * self.model_flops_per_device):
+        low = (f'; too low: XLA counts the body of each of its {self.while_loops} while loops '
+               f'once')
+      label = '              ' if self.model_flops is not None else 'FLOPs/step    '
+      out.append(f'  {label}compiled program {_flop(self.flops_per_device)} per {word} '
+                 f'({_flop(self.flops_total)} in all){low}')
     if self.error is None and self.compile_s is not None:
       out.append(f'  collectives   {format_collectives(self.collectives)}')
     return out
@@ -311,8 +327,12 @@ def _size(n: int) -> str:
   return f'{n / GiB:.2f} GiB' if n >= GiB else f'{n / MiB:.0f} MiB'
 
 
+def _duration(seconds: float) -> str:
+  return f'{seconds * 1e3:.3g} ms' if seconds >= 1e-3 else f'{seconds * 1e6:.3g} µs'
+
+
 def _flop(n: float) -> str:
-  for scale, unit in ((1e15, 'PFLOP'), (1e12, 'TFLOP'), (1e9, 'GFLOP')):
+  for scale, unit in ((1e15, 'PFLOP'), (1e12, 'TFLOP'), (1e9, 'GFLOP'), (1e6, 'MFLOP')):
     if n >= scale:
       return f'{n / scale:.2f} {unit}'
   return f'{n:.3g} FLOP'
@@ -375,8 +395,37 @@ def compile_recipe(config, spec: TopologySpec, *, devices: Sequence | None = Non
   report.compile_s = time.perf_counter() - start
   report.memory = MemoryUse.from_compiled(compiled)
   report.flops_per_device = _flops(compiled)
-  report.collectives = count_collectives(compiled.as_text())
+  hlo = compiled.as_text()
+  report.collectives = count_collectives(hlo)
+  report.while_loops = len(re.findall(r'\swhile\(', hlo))
+  try:
+    report.model_flops = model_flops(config)
+  except Exception:  # an estimate that cannot be made must not hide what the compile says
+    report.model_flops = None
   return report
+
+
+def model_flops(config) -> float | None:
+  """FLOPs of one whole train step before partitioning: the model's work, MFU's numerator.
+
+  XLA:TPU's count for the compiled program is per device and counts a while loop's body
+  once, and FSDP convolutions become such loops (a ring of collective-permutes), so that
+  count runs low. The same step lowered for one CPU device, uncompiled, is counted instead.
+  """
+  import jax
+  from benchmarks import registry
+  from benchmarks.train import build_state_fns
+  from launch.runtime import Runtime, logical_axis_rules, make_mesh as cpu_mesh
+  runtime = Runtime(cpu_mesh({'data': 1}, jax.devices('cpu')[:1]),
+                    logical_axis_rules(config.sharding_rules))
+  task = registry.load_benchmark(config.benchmark).build_task(config, runtime)
+  try:
+    init_fn, train_step, _, _, _ = build_state_fns(task, runtime, int(config.seed))
+    with runtime.activate():
+      lowered = jax.jit(train_step).lower(jax.eval_shape(init_fn), task.input_spec(eval=False))
+    return _flops(lowered)
+  finally:
+    task.close()
 
 
 def _first_line(error: BaseException) -> str:
@@ -431,13 +480,13 @@ def run(targets: Sequence[tuple[str, str]], overrides: Sequence[str] = (),
 
 
 def summary_table(reports: Sequence[CompileReport]) -> str:
-  rows = [('recipe', 'topology', 'chips', 'HBM need / have', 'fits', 'FLOPs/step', 'collectives',
-           'compile')]
+  rows = [('recipe', 'topology', 'chips', 'HBM need / have', 'fits', 'model FLOPs/step',
+           'collectives', 'compile')]
   for r in reports:
     need = f'{r.needs / GiB:.2f} / {_gib(r.hbm_per_device)}' if r.needs is not None else '-'
     rows.append((r.name, r.topology.name, str(r.topology.num_chips), need,
                  'yes' if r.fits else ('ERROR' if r.error else 'NO'),
-                 _flop(r.flops_total) if r.flops_total else '-',
+                 _flop(r.model_flops) if r.model_flops else '-',
                  format_collectives(r.collectives) if r.error is None else '-',
                  f'{r.compile_s:.0f} s' if r.compile_s is not None else '-'))
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -160,7 +160,8 @@ def test_tiny_resnet_train_step_compiles_for_each_generation(topology):
   assert 0 < memory.total < chip.hbm_bytes_per_device
   assert 0.9 * chip.hbm_bytes_per_device < report.usable_hbm <= chip.hbm_bytes_per_device
   expected = resnet_tiny_train_flops(IMAGE, 1000, BATCH)
-  assert 0.95 < report.flops_total / expected < 1.2, (report.flops_total, expected)
+  assert 1.0 < report.model_flops / expected < 1.1, (report.model_flops, expected)
+  assert 0.95 < report.flops_total / report.model_flops < 1.1  # data parallel: no loops
   assert report.collectives.get('all-reduce', 0) > 0  # gradients (and BatchNorm statistics)
 
 
@@ -169,8 +170,10 @@ def test_fsdp_gathers_parameters():
   report = _compile('v5litepod-8', 'sharding_rules=fsdp', 'mesh.data=1', 'mesh.fsdp=-1')
   assert report.fits and report.mesh_shape == {'data': 1, 'fsdp': 8, 'tensor': 1}
   assert report.collectives.get('all-gather', 0) > 0
+  # XLA:TPU runs these convolutions as loops over a ring of collective-permutes; its count for
+  # the compiled program sees each loop body once, the model count does not depend on it.
   expected = resnet_tiny_train_flops(IMAGE, 1000, BATCH)
-  assert 0.95 < report.flops_total / expected < 1.2
+  assert 1.0 < report.model_flops / expected < 1.1, (report.model_flops, expected)
 
 
 @needs_libtpu
@@ -201,7 +204,7 @@ def test_the_command_compiles_for_tpu7x():
   out = result.stdout
   assert 'TPU7x (Ironwood) 2x2x1: 4 chips, 8 devices, 1 host' in out
   assert 'fits (uses' in out and 'of 96 GiB per device' in out
-  assert 'collectives   all-reduce' in out and 'FLOPs/step' in out
+  assert 'collectives   all-reduce' in out and 'FLOPs/step    model ' in out
   assert 'Traceback' not in result.stderr
 
 

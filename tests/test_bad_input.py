@@ -5,8 +5,6 @@ import glob
 import json
 import os
 
-import pytest
-
 from input_pipelines import digits
 from launch import cli
 
@@ -67,5 +65,19 @@ def test_corrupt_record_mid_run_names_the_file_and_aborts_the_log(capsys, tmp_pa
   assert os.path.basename(victim) in err and 'Traceback' not in err
   logs = glob.glob(str(tmp_path / 'out' / 'podium' / 'results' / '*' / 'resnet' / 'result_0.txt'))
   assert logs
+  last = [json.loads(l.split(':::MLLOG', 1)[1]) for l in open(logs[0]) if ':::MLLOG' in l][-1]
+  assert last['key'] == 'run_stop' and last['metadata']['status'] == 'aborted'
+
+
+def test_diverging_loss_names_the_step_and_aborts_the_log(capsys, tmp_path):
+  data = tmp_path / 'digits'
+  digits.write_digits(str(data), image_size=16)
+  code, _, err = run_cli(capsys, 'run', 'resnet50', '--recipe', 'digits_cpu', '--output', str(tmp_path / 'out'),
+                         '--set', f'data.dir={data}', '--set', 'optimizer.name=sgd',
+                         '--set', 'optimizer.base_learning_rate=1e12', '--set', 'optimizer.warmup_epochs=0.0',
+                         '--set', 'log_every_steps=2')
+  assert code == 2, err
+  assert 'training loss is nan at step' in err and 'Traceback' not in err
+  logs = glob.glob(str(tmp_path / 'out' / 'podium' / 'results' / '*' / 'resnet' / 'result_0.txt'))
   last = [json.loads(l.split(':::MLLOG', 1)[1]) for l in open(logs[0]) if ':::MLLOG' in l][-1]
   assert last['key'] == 'run_stop' and last['metadata']['status'] == 'aborted'

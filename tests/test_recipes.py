@@ -1,13 +1,10 @@
 """The recipe registry, `--set` overrides, and an abstract build of every registered recipe."""
 
 import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 import pytest
 
 from benchmarks import registry
-from benchmarks.config import ConfigError, apply_overrides
+from benchmarks.config import ConfigError
 from benchmarks.train import build_state_fns
 from launch.runtime import Runtime, make_mesh, logical_axis_rules
 
@@ -83,3 +80,13 @@ def test_digits_blocks_follow_the_eval_cadence():
   assert [b.eval_metadata['epoch_num'] for b in blocks] == [3, 7, 10]
   # 1,500 digits at batch 64: epoch 3 ends in step 71 (70.3 steps).
   assert [b.end_step for b in blocks] == [71, 165, 235]
+
+
+def test_podium_recipes_lists_every_recipe_with_its_summary(capsys):
+  from launch import cli
+  assert cli.main(['recipes']) == 0
+  out = capsys.readouterr().out
+  for benchmark, name in ALL_RECIPES:
+    assert f'  {name} ' in out
+  assert cli.main(['recipes', 'resnet50', '-v']) == 0
+  assert 'rcps_resnet.json' in capsys.readouterr().out

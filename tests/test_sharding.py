@@ -4,7 +4,6 @@ compile to the collectives they need, and FSDP divides the per-device state."""
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
