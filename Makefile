@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# libtpu lets the tests compile for TPU topologies on this CPU; it has no wheel everywhere.
+	$(PY) -m pip install --quiet -e '.[test,tpu]' || echo 'libtpu not installed: TPU compile tests will be skipped'
 	touch $(STAMP)
 
 # The embedded default: ResNet on the real handwritten digits, written as ImageNet TFRecords.

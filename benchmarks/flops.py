@@ -1,9 +1,11 @@
 """Model FLOPs and MFU, measured rather than assumed.
 
-FLOPs come from XLA's cost analysis of the compiled train step: it describes the partitioned
-per-device program, so the step's total is that times the number of devices. The peak is
-the chip's dense bf16 rate from `launch.chips`; on a CPU, where no table holds, it is a
-matmul rate measured at start-up and split evenly over the (simulated) devices.
+Model FLOPs come from XLA's cost analysis of the train step as lowered, before GSPMD
+partitions it: the whole step's math, once. (The compiled per-device program is kept for
+reference but is no measure of the model: it adds the partitioner's redundant work, and on
+TPU counts the body of a while loop once, which undercounts FSDP's looped convolutions.)
+The peak is the chip's dense bf16 rate from `launch.chips`; on a CPU, where no table holds,
+a matmul rate measured at start-up, split evenly over the (simulated) devices.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+
+def lowered_flops(lowered) -> float:
+  """FLOPs of a lowered, not yet partitioned program: the global step (0 if XLA does not say)."""
+  return compiled_flops(lowered)
 
 
 def compiled_flops(compiled) -> float:
@@ -60,13 +67,14 @@ def peak_per_device(devices) -> Peak | None:
 
 @dataclasses.dataclass(frozen=True)
 class StepFlops:
-  per_device: float
+  model_flops: float            # one train step, all devices
   num_devices: int
   peak: Peak | None
+  compiled_per_device: float | None = None
 
   @property
-  def per_step(self) -> float:
-    return self.per_device * self.num_devices
+  def per_device(self) -> float:
+    return self.model_flops / self.num_devices
 
   def achieved_per_device(self, step_time_s: float) -> float:
     return self.per_device / step_time_s

@@ -207,7 +207,9 @@ class ImageClassificationTask(Task):
           C.LARS_OPT_LEARNING_RATE_WARMUP_EPOCHS: opt.warmup_epochs,
           C.LARS_OPT_MOMENTUM: opt.momentum,
           C.LARS_OPT_WEIGHT_DECAY: opt.weight_decay,
-          C.MODEL_BN_SPAN: self.global_batch_size // self.runtime.batch_shards,
+          # BatchNorm statistics are taken over the whole global batch (GSPMD makes the
+          # batch mean global), so that is the span.
+          C.MODEL_BN_SPAN: self.global_batch_size,
           'label_smoothing': train.label_smoothing,
       }
     return {
@@ -218,7 +220,7 @@ class ImageClassificationTask(Task):
         'sgd_opt_learning_rate_decay_steps': decay_steps,
         'sgd_opt_weight_decay': opt.weight_decay,
         'sgd_opt_momentum': opt.momentum,
-        C.MODEL_BN_SPAN: self.global_batch_size // self.runtime.batch_shards,
+        C.MODEL_BN_SPAN: self.global_batch_size,
         'opt_learning_rate_warmup_epochs': opt.warmup_epochs,
         'label_smoothing': train.label_smoothing,
     }

@@ -182,37 +182,74 @@ class CompiledSteps:
   compile_s: float
 
 
+@dataclasses.dataclass
+class JittedSteps:
+  """The state initialiser and the train/eval steps under `jax.jit` with the run's shardings."""
+  init: Any
+  train: Any
+  eval: Any
+  new_sums: Any
+  state_shardings: Any
+  batch_sharding: Any
+
+  def abstract_state(self):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        jax.eval_shape(self.init), self.state_shardings)
+
+  def global_batch_spec(self, task: Task, *, eval: bool = False):
+    """The global batch the step takes (input_spec is per process), split over the batch axes."""
+    size = task.global_batch_size if not eval else None
+    spec = task.input_spec(eval=eval)
+    return {key: jax.ShapeDtypeStruct((size or s.shape[0] * jax.process_count(), *s.shape[1:]),
+                                      s.dtype, sharding=self.batch_sharding)
+            for key, s in spec.items()}
+
+
+def jit_steps(task: Task, runtime: Runtime, seed: int) -> JittedSteps:
+  """What `run`, `podium compile` and the sharding tests all compile: one definition."""
+  # Built outside the mesh context: nnx.eval_shape would read logical names as mesh axes.
+  init_fn, train_step, eval_step, zero_sums, state_shardings = build_state_fns(task, runtime, seed)
+  batch_sharding, replicated = runtime.batch_sharding(), runtime.replicated()
+  return JittedSteps(
+      init=jax.jit(init_fn, out_shardings=state_shardings),
+      train=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, replicated), donate_argnums=0),
+      eval=jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding, replicated),
+                   out_shardings=replicated, donate_argnums=2),
+      new_sums=jax.jit(zero_sums, out_shardings=replicated),
+      state_shardings=state_shardings, batch_sharding=batch_sharding)
+
+
 def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
   """Compiles and warms up the train and eval steps on zeros: before run_start, and without
   touching the dataset, which is first read once the clock runs."""
-  # Built outside the mesh context: nnx.eval_shape would read logical names as mesh axes.
-  init_fn, train_step, eval_step, zero_sums, state_shardings = build_state_fns(task, runtime, seed)
+  jitted = jit_steps(task, runtime, seed)
   with runtime.activate():
-    batch_sharding = runtime.batch_sharding()
-    replicated = runtime.replicated()
-    jit_init = jax.jit(init_fn, out_shardings=state_shardings)
-    jit_train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=(state_shardings, replicated), donate_argnums=0)
-    jit_eval = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding, replicated),
-                       out_shardings=replicated, donate_argnums=2)
     start = time.perf_counter()
-    state = jit_init()
+    state = jitted.init()
     train_batch0 = runtime.global_batch(_zeros(task.input_spec(eval=False)))
     eval_batch0 = runtime.global_batch(_zeros(task.input_spec(eval=True)))
-    new_sums = jax.jit(zero_sums, out_shardings=replicated)
-    eval_zero = new_sums(state, eval_batch0)
-    compiled_train = jit_train.lower(state, train_batch0).compile()
-    compiled_eval = jit_eval.lower(state, eval_batch0, eval_zero).compile()
+    eval_zero = jitted.new_sums(state, eval_batch0)
+    lowered_train = jitted.train.lower(state, train_batch0)
+    compiled_train = lowered_train.compile()
+    compiled_eval = jitted.eval.lower(state, eval_batch0, eval_zero).compile()
     warm_state, warm_metrics = compiled_train(state, train_batch0)  # donates `state`
-    jax.block_until_ready(compiled_eval(warm_state, eval_batch0, new_sums(warm_state, eval_batch0)))
+    jax.block_until_ready(compiled_eval(warm_state, eval_batch0,
+                                        jitted.new_sums(warm_state, eval_batch0)))
     del warm_state, warm_metrics
-    state = jit_init()  # the warm-up consumed (donated) the first one; init is deterministic
+    state = jitted.init()  # the warm-up consumed (donated) the first one; init is deterministic
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
-  step_flops = flops_lib.StepFlops(flops_lib.compiled_flops(compiled_train), runtime.num_devices,
-                                   flops_lib.peak_per_device(list(runtime.mesh.devices.flat)))
-  return CompiledSteps(state, compiled_train, compiled_eval, new_sums, eval_batch0, step_flops,
-                       compile_s)
+  compiled_per_device = flops_lib.compiled_flops(compiled_train)
+  step_flops = flops_lib.StepFlops(
+      # A backend that cannot cost the unpartitioned program gets the compiled count instead.
+      model_flops=(flops_lib.lowered_flops(lowered_train)
+                   or compiled_per_device * runtime.num_devices),
+      num_devices=runtime.num_devices,
+      peak=flops_lib.peak_per_device(list(runtime.mesh.devices.flat)),
+      compiled_per_device=compiled_per_device)
+  return CompiledSteps(state, compiled_train, compiled_eval, jitted.new_sums, eval_batch0,
+                       step_flops, compile_s)
 
 
 def _initialize(config, runtime, task, mllog, layout, system, run_dir, is_main):
@@ -400,7 +437,7 @@ def _write_record(config, runtime, task, layout, result_index, log_path, status,
       progress_unit=task.progress_unit,
       eval_curve=[list(point) for point in eval_curve],
       throughput=(steps * task.global_batch_size / train_s) if train_s else None,
-      model_flops_per_step=step_flops.per_step or None,
+      model_flops_per_step=step_flops.model_flops or None,
       mfu=step_flops.mfu(float(np.median(step_times))) if step_times else None,
       global_batch_size=task.global_batch_size,
       num_devices=runtime.num_devices,
@@ -414,6 +451,7 @@ def _write_record(config, runtime, task, layout, result_index, log_path, status,
       extra=dict(compile_s=compile_s, train_s=train_s, eval_s=eval_s, data_wait_s=data_wait_s,
                  steps=steps, error=error,
                  step_time_s=_distribution(step_times),
+                 compiled_flops_per_device=step_flops.compiled_per_device,
                  peak_flops_per_device=step_flops.peak.flops_per_device if step_flops.peak else None,
                  peak_source=step_flops.peak.source if step_flops.peak else None),
   )

@@ -112,22 +112,24 @@ def topology_devices(spec: TopologySpec) -> list:
 
 # -- the mesh ----------------------------------------------------------------------------------
 
-def make_mesh(axes, devices: Sequence, num_slices: int):
-  """The recipe's mesh over the slice's devices. Across slices the `data` axis is the outer,
-  DCN one (data parallelism between slices, everything else inside a slice over ICI), as
-  `mesh_utils.create_hybrid_device_mesh` lays it out."""
-  from jax.experimental import mesh_utils
-  from jax.sharding import Mesh
+def make_mesh(axes, devices: Sequence, num_slices: int, dcn_axes=None):
+  """The recipe's mesh over the slice's devices, as `Runtime.from_config` builds it on the pod.
+
+  Across slices `axes` is the mesh inside one slice and `dcn_axes` (the recipe's `dcn_mesh`)
+  splits it over the data-center network; a recipe that names no split gets its data axis
+  split over the slices. Returns the mesh and the split used.
+  """
   from launch import runtime as runtime_lib
-  if num_slices == 1:
-    return runtime_lib.make_mesh(axes, devices)
-  sizes = runtime_lib.mesh_shape(axes, len(devices))
-  if sizes['data'] % num_slices:
-    raise ConfigError(f'mesh {sizes} on {num_slices} slices: the data axis ({sizes["data"]}) '
-                      f'spans the slices, so it must be a multiple of {num_slices}')
-  ici = (sizes['data'] // num_slices, sizes['fsdp'], sizes['tensor'])
-  dcn = (num_slices, 1, 1)
-  return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices), runtime_lib.MESH_AXES)
+  dcn = {name: int(size) for name, size in dict(dcn_axes or {}).items() if int(size) != 1}
+  split = math.prod(dcn.values())
+  if num_slices > 1 and split == 1:
+    dcn = {'data': num_slices}
+  elif split != num_slices:
+    raise ConfigError(f'dcn_mesh {dcn} splits the mesh over {split} slices but the topology has '
+                      f'{num_slices}; set --set dcn_mesh.data={num_slices} (or pick another '
+                      f'topology)')
+  mesh = runtime_lib.make_mesh(dict(axes), devices, dcn if num_slices > 1 else None)
+  return mesh, (dcn if num_slices > 1 else {})
 
 
 # -- what XLA reports --------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class CompileReport:
   recipe: str
   topology: TopologySpec
   mesh_shape: dict[str, int] = dataclasses.field(default_factory=dict)
+  dcn_axes: dict[str, int] = dataclasses.field(default_factory=dict)  # split over slices
   global_batch_size: int = 0
   compile_s: float | None = None
   memory: MemoryUse | None = None
@@ -273,9 +276,17 @@ class CompileReport:
 
   def lines(self) -> list[str]:
     spec = self.topology
-    mesh = ' '.join(f'{k}={v}' for k, v in self.mesh_shape.items()) or '?'
-    out = [f'{self.name} on {spec.name} ({spec.describe()}), mesh {mesh}, '
-           f'global batch {self.global_batch_size:,}']
+    header = f'{self.name} on {spec.name} ({spec.describe()})'
+    if self.mesh_shape:
+      mesh = ' '.join(f'{k}={v}' for k, v in self.mesh_shape.items())
+      if self.dcn_axes:
+        mesh += ' (' + ', '.join(f'{k} split over {v} slices' for k, v in self.dcn_axes.items()) + ')'
+      header += f', mesh {mesh}'
+    if self.global_batch_size:
+      header += f', global batch {self.global_batch_size:,}'
+    out = [header]
+    if self.error:
+      return out + [f'  {self.verdict()}']
     if self.compile_s is not None:
       out.append(f'  compile       {self.compile_s:.1f} s')
     out.append(f'  HBM           {self.verdict()}')
@@ -299,7 +310,7 @@ class CompileReport:
       label = '              ' if self.model_flops is not None else 'FLOPs/step    '
       out.append(f'  {label}compiled program {_flop(self.flops_per_device)} per {word} '
                  f'({_flop(self.flops_total)} in all){low}')
-    if self.error is None and self.compile_s is not None:
+    if self.memory is not None:
       out.append(f'  collectives   {format_collectives(self.collectives)}')
     return out
 
@@ -356,31 +367,26 @@ def compile_recipe(config, spec: TopologySpec, *, devices: Sequence | None = Non
   """Compiles `config`'s train step for `spec` exactly as `benchmarks.train.run` does."""
   import jax
   from benchmarks import registry
-  from benchmarks.train import build_state_fns
+  from benchmarks.flops import lowered_flops
+  from benchmarks.train import jit_steps
   from launch.runtime import Runtime, logical_axis_rules
 
   report = CompileReport(config.benchmark, config.recipe, spec, usable_hbm=usable_hbm)
   devices = list(devices if devices is not None else topology_devices(spec))
-  mesh = make_mesh(dict(config.mesh), devices, spec.num_slices)
+  mesh, report.dcn_axes = make_mesh(config.mesh, devices, spec.num_slices,
+                                    config.get('dcn_mesh'))
   report.mesh_shape = dict(mesh.shape)
   runtime = Runtime(mesh, logical_axis_rules(config.sharding_rules))
   task = registry.load_benchmark(config.benchmark).build_task(config, runtime)
   report.global_batch_size = task.global_batch_size
-  # As in train.run: built outside the mesh context, lowered inside it.
-  init_fn, train_step, _, _, state_shardings = build_state_fns(task, runtime, int(config.seed))
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       jax.eval_shape(init_fn), state_shardings)
+  jitted = jit_steps(task, runtime, int(config.seed))  # exactly what benchmarks.train.run compiles
   start = time.perf_counter()
   try:
     with runtime.activate():
-      batch_sharding = runtime.batch_sharding()
-      # input_spec is host-local; the step takes the global batch, split over the batch axes.
-      batch = {key: jax.ShapeDtypeStruct((task.global_batch_size, *s.shape[1:]), s.dtype,
-                                         sharding=batch_sharding)
-               for key, s in task.input_spec(eval=False).items()}
-      jit_train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                          out_shardings=(state_shardings, runtime.replicated()), donate_argnums=0)
-      compiled = jit_train.lower(state, batch).compile()
+      lowered = jitted.train.lower(jitted.abstract_state(), jitted.global_batch_spec(task))
+      compiled = lowered.compile()
+    # Without a TPU client XLA cannot cost the unpartitioned program; count it on a CPU.
+    report.model_flops = lowered_flops(lowered) or cpu_model_flops(config)
   except Exception as error:  # XlaRuntimeError; out of HBM is a result, anything else a failure
     report.compile_s = time.perf_counter() - start
     oom = parse_out_of_memory(str(error))
@@ -398,32 +404,26 @@ def compile_recipe(config, spec: TopologySpec, *, devices: Sequence | None = Non
   hlo = compiled.as_text()
   report.collectives = count_collectives(hlo)
   report.while_loops = len(re.findall(r'\swhile\(', hlo))
-  try:
-    report.model_flops = model_flops(config)
-  except Exception:  # an estimate that cannot be made must not hide what the compile says
-    report.model_flops = None
   return report
 
 
-def model_flops(config) -> float | None:
-  """FLOPs of one whole train step before partitioning: the model's work, MFU's numerator.
-
-  XLA:TPU's count for the compiled program is per device and counts a while loop's body
-  once, and FSDP convolutions become such loops (a ring of collective-permutes), so that
-  count runs low. The same step lowered for one CPU device, uncompiled, is counted instead.
-  """
+def cpu_model_flops(config) -> float | None:
+  """FLOPs of the whole train step, lowered (not compiled) for one CPU device: the model's
+  work, MFU's numerator. The compiled TPU count is per device and counts a while loop's body
+  once, and FSDP convolutions become such loops, so it runs low."""
   import jax
   from benchmarks import registry
-  from benchmarks.train import build_state_fns
+  from benchmarks.flops import lowered_flops
+  from benchmarks.train import jit_steps
   from launch.runtime import Runtime, logical_axis_rules, make_mesh as cpu_mesh
   runtime = Runtime(cpu_mesh({'data': 1}, jax.devices('cpu')[:1]),
                     logical_axis_rules(config.sharding_rules))
   task = registry.load_benchmark(config.benchmark).build_task(config, runtime)
   try:
-    init_fn, train_step, _, _, _ = build_state_fns(task, runtime, int(config.seed))
+    jitted = jit_steps(task, runtime, int(config.seed))
     with runtime.activate():
-      lowered = jax.jit(train_step).lower(jax.eval_shape(init_fn), task.input_spec(eval=False))
-    return _flops(lowered)
+      return lowered_flops(jitted.train.lower(jitted.abstract_state(),
+                                              jitted.global_batch_spec(task))) or None
   finally:
     task.close()
 
@@ -487,7 +487,7 @@ def summary_table(reports: Sequence[CompileReport]) -> str:
     rows.append((r.name, r.topology.name, str(r.topology.num_chips), need,
                  'yes' if r.fits else ('ERROR' if r.error else 'NO'),
                  _flop(r.model_flops) if r.model_flops else '-',
-                 format_collectives(r.collectives) if r.error is None else '-',
+                 format_collectives(r.collectives) if r.memory is not None else '-',
                  f'{r.compile_s:.0f} s' if r.compile_s is not None else '-'))
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -49,6 +49,11 @@ class Chip:
   max_chips_single_host: int = 4   # largest slice one host drives (v5e/v6e: 8)
 
   @property
+  def peak_bf16_flops(self) -> float:
+    """Dense bf16 FLOP/s of the whole chip: what MFU is measured against."""
+    return self.peak_flops['bfloat16']
+
+  @property
   def hbm_bytes_per_device(self) -> int:
     return self.hbm_bytes // self.devices_per_chip
 

@@ -3,6 +3,7 @@
   podium recipes [BENCHMARK] [-v]                 list registered recipes
   podium run BENCHMARK --recipe NAME [--set k=v]  one timed run: MLPerf log + result record
   podium check PATH [--ruleset R]                 mlperf-logging compliance of logs / a tree
+  podium compile BENCHMARK --recipe R | --all     ahead-of-time compile for a TPU topology: fit, FLOPs
 
 JAX is imported only by the commands that need it, after XLA flags are set.
 """

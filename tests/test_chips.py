@@ -90,6 +90,7 @@ def test_chip_table_numbers():
   assert CHIPS['h100'].peak_flops['bfloat16'] == CHIPS['h200'].peak_flops['bfloat16'] == 989.4e12
   assert 79 * GiB < CHIPS['h100'].hbm_bytes < 80 * GiB < 140 * GiB < CHIPS['h200'].hbm_bytes
   assert CHIPS['v5e'].peak_flops_per_device('float32') is None  # not published for TPUs
+  assert CHIPS['v5p'].peak_bf16_flops == 459e12  # what benchmarks/flops.py reads for MFU
   for chip in CHIPS.values():
     assert chip.hbm_bytes > 0 and chip.peak_flops['bfloat16'] > 1e13, chip.name
 

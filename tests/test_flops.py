@@ -33,9 +33,12 @@ def test_cost_analysis_is_per_device_under_gspmd():
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
   x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P('data')))
   w = jax.ShapeDtypeStruct((256, 512), jnp.float32, sharding=NamedSharding(mesh, P()))
-  compiled = jax.jit(lambda x, w: x @ w).lower(x, w).compile()
-  step = flops.StepFlops(flops.compiled_flops(compiled), 8, flops.Peak(1e9, 'test'))
-  assert step.per_step == 2 * 64 * 256 * 512
+  lowered = jax.jit(lambda x, w: x @ w).lower(x, w)
+  # Before partitioning: the whole step. After: one device's share.
+  assert flops.lowered_flops(lowered) == 2 * 64 * 256 * 512
+  assert flops.compiled_flops(lowered.compile()) == 2 * 8 * 256 * 512
+  step = flops.StepFlops(flops.lowered_flops(lowered), 8, flops.Peak(1e9, 'test'))
+  assert step.per_device == 2 * 8 * 256 * 512
   # 2,097,152 FLOPs per device in 1 ms against a 1 GFLOP/s peak: MFU 2097 (the test's peak).
   assert step.achieved_per_device(1e-3) == pytest.approx(2 * 8 * 256 * 512 / 1e-3)
   assert step.mfu(1e-3) == pytest.approx(2 * 8 * 256 * 512 / 1e-3 / 1e9)

@@ -16,8 +16,7 @@ from results import compliance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multiprocess_worker.py')
-OVERRIDES = ['--set', 'data.input_shards=2', '--set', 'train.max_epochs=2',
-             '--set', 'train.eval_offset_epochs=2', '--set', 'log_every_steps=5']
+OVERRIDES = ['--set', 'data.input_shards=2', '--set', 'train.max_epochs=6', '--set', 'log_every_steps=5']
 
 
 def free_port():
@@ -67,5 +66,4 @@ def test_only_process_zero_writes_a_compliant_log(runs):
   logs = glob.glob(os.path.join(multi, '**', 'result_*.txt'), recursive=True)
   assert len(logs) == 1 and logs[0].endswith(os.path.join('cpu-x2', 'resnet', 'result_0.txt')), logs
   result = compliance.check_log(logs[0], ruleset='4.0.0')
-  # Two epochs of digits may stay under ResNet's 75.9% target; everything else must pass.
-  assert result.passed or all('eval_accuracy' in e for e in result.errors), result.output
+  assert result.passed, result.output

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import registry
-from benchmarks.train import build_state_fns
+from benchmarks.train import build_state_fns, jit_steps
 from launch.runtime import Runtime, logical_axis_rules, make_mesh
 
 LAYOUTS = {
@@ -32,15 +32,10 @@ def task_for(layout, overrides=()):
 def compiled_train_step(layout):
   """The loop's train step, jitted with the loop's shardings (eval is not needed here)."""
   task, runtime = task_for(layout)
-  init, train_step, _, _, shardings = build_state_fns(task, runtime, seed=0)
+  steps = jit_steps(task, runtime, seed=0)
   with runtime.activate():
-    init = jax.jit(init, out_shardings=shardings)
-    step = jax.jit(train_step, in_shardings=(shardings, runtime.batch_sharding()),
-                   out_shardings=(shardings, runtime.replicated()), donate_argnums=0)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=runtime.batch_sharding())
-             for k, v in task.input_spec(eval=False).items()}
-    compiled = step.lower(jax.eval_shape(init), batch).compile()
-  return runtime, init, compiled
+    compiled = steps.train.lower(steps.abstract_state(), steps.global_batch_spec(task)).compile()
+  return runtime, steps.init, compiled
 
 
 def train_steps(layout, batches):
