@@ -46,6 +46,7 @@ def cmd_recipes(args) -> int:
 def cmd_run(args) -> int:
   from launch import xla_flags
   xla_flags.configure()
+  xla_flags.skip_absent_tpu()
   from benchmarks import registry
   config = registry.resolve(args.benchmark, args.recipe, args.set or [])
   from launch import runtime as runtime_lib

@@ -85,8 +85,9 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def _on_multihost_tpu_vm() -> bool:
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  return len([h for h in hosts.split(',') if h]) > 1
+  # libtpu may leave a warning sentence in this variable on machines that are not TPU VMs.
+  hosts = [h.strip() for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]
+  return len(hosts) > 1 and all(' ' not in h for h in hosts)
 
 
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -125,8 +126,13 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None,
   sizes = mesh_shape(axes, len(devices) // num_slices)
   shape = tuple(sizes[name] for name in MESH_AXES)
   if num_slices > 1:
-    device_array = mesh_utils.create_hybrid_device_mesh(
-        shape, tuple(dcn[name] for name in MESH_AXES), devices)
+    dcn_shape = tuple(dcn[name] for name in MESH_AXES)
+    try:
+      device_array = mesh_utils.create_hybrid_device_mesh(shape, dcn_shape, devices)
+    except ValueError:  # devices without slice_index (simulated CPUs): consecutive = one slice
+      per_slice = np.asarray(devices).reshape(*dcn_shape, *shape)
+      device_array = per_slice.transpose(0, 3, 1, 4, 2, 5).reshape(
+          tuple(d * i for d, i in zip(dcn_shape, shape)))
   else:
     try:
       device_array = mesh_utils.create_device_mesh(shape, devices)
