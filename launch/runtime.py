@@ -134,10 +134,7 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None,
       device_array = per_slice.transpose(0, 3, 1, 4, 2, 5).reshape(
           tuple(d * i for d, i in zip(dcn_shape, shape)))
   else:
-    try:
-      device_array = mesh_utils.create_device_mesh(shape, devices)
-    except (ValueError, NotImplementedError, AssertionError):
-      device_array = np.asarray(devices).reshape(shape)  # no physical topology (CPU)
+    device_array = mesh_utils.create_device_mesh(shape, devices)
   return Mesh(device_array, MESH_AXES)
 
 
