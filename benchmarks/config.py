@@ -18,6 +18,36 @@ class ConfigError(ValueError):
   """A recipe name, key or value that is not valid; the message says what is."""
 
 
+def loop_config() -> ml_collections.ConfigDict:
+  """The fields of every recipe that the loop and the runtime read, whatever the benchmark.
+
+  A benchmark's base config starts from this and adds `model`, `data`, `train` and
+  `optimizer`; the recipe fills in the values.
+  """
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      topology='',  # the TPU slice a pod recipe is for, e.g. 'v5p-256'; empty: any
+      output_dir='runs',
+      log_every_steps=50,
+      prefetch_batches=2,
+      mesh=dict(data=-1, fsdp=1, tensor=1),
+      # Multi-slice: how each axis splits across slices (over DCN); `mesh` is then per slice.
+      dcn_mesh=dict(data=1, fsdp=1, tensor=1),
+      sharding_rules='data_parallel',
+      submission=dict(org='podium', division='closed', status='research', system=''),
+      # Off by default: an MLPerf time-to-train is one contiguous run, and saving is on the
+      # clock. See benchmarks/checkpointing.py for what is saved and how a run resumes.
+      checkpoint=dict(
+          every_steps=0,        # save every N steps (0: off)
+          every_epochs=0.0,     # or every N epochs of `train_samples` (0: off)
+          keep=2,               # the newest checkpoints kept
+          on_preemption=True,   # on SIGTERM: save at the next step, then exit (when enabled)
+          resume='auto',        # 'auto': continue an unfinished run of this config; 'never'
+          dir='',               # default: <run dir>/checkpoints
+      ),
+  ))
+
+
 def _parse_value(text: str):
   try:
     return ast.literal_eval(text)

@@ -20,7 +20,7 @@ from flax import nnx
 from mlperf_logging.mllog import constants as C
 
 from benchmarks import optimizers
-from benchmarks.config import ConfigError
+from benchmarks.config import ConfigError, loop_config
 from benchmarks.task import Block, Task
 from input_pipelines import imagenet
 
@@ -29,17 +29,8 @@ ModelFactory = Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
 
 def base_config() -> ml_collections.ConfigDict:
   """Fields every image-classification recipe has; recipes fill in the values."""
-  return ml_collections.ConfigDict(dict(
-      seed=0,
-      topology='',  # the TPU slice a pod recipe is for, e.g. 'v5p-256'; empty: any
-      output_dir='runs',
-      log_every_steps=50,
-      prefetch_batches=2,
-      mesh=dict(data=-1, fsdp=1, tensor=1),
-      # Multi-slice: how each axis splits across slices (over DCN); `mesh` is then per slice.
-      dcn_mesh=dict(data=1, fsdp=1, tensor=1),
-      sharding_rules='data_parallel',
-      submission=dict(org='podium', division='closed', status='research', system=''),
+  config = loop_config()
+  config.update(dict(
       model=dict(name='resnet50', num_classes=1000, dtype='bfloat16'),
       data=dict(
           dir='', prepare='', synthetic=False,
@@ -60,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
           decay_steps=0, poly_power=2.0, momentum=0.9, weight_decay=1e-4, epsilon=0.0,
           trust_coefficient=0.001, nesterov=False),
   ))
+  return config
 
 
 class ImageClassificationTask(Task):
