@@ -39,6 +39,12 @@ class Task(abc.ABC):
   global_batch_size: int
   train_samples: int
   eval_samples: int
+  # The train step splits each global batch into this many micro-batches and applies one
+  # optimizer update for their mean gradient (MLPerf `gradient_accumulation_steps`).
+  gradient_accumulation_steps: int = 1
+  # Evaluate the starting weights once before training (e.g. an imported checkpoint's
+  # masked-LM accuracy); printed, and logged as `initial_eval_accuracy` before init_stop.
+  initial_eval: bool = False
 
   @abc.abstractmethod
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -83,6 +89,11 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def hyperparameters(self) -> dict[str, Any]:
     """MLPerf hyperparameter keys and values, derived from the config."""
+
+  def initial_params(self) -> Mapping[str, Any] | None:
+    """Starting parameters instead of the random init (an imported checkpoint), as host
+    arrays with the structure of `nnx.to_pure_dict(nnx.state(model, nnx.Param))`."""
+    return None
 
   def close(self) -> None:
     """Releases input resources."""

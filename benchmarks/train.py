@@ -28,8 +28,10 @@ from clu import metric_writers
 from flax import nnx
 from mlperf_logging.mllog import constants as C
 
+from benchmarks import checkpointing
 from benchmarks import flops as flops_lib
 from benchmarks import system_info
+from benchmarks.config import ConfigError
 from benchmarks.task import Task
 from launch.runtime import Runtime
 from results.layout import SubmissionLayout
@@ -50,6 +52,8 @@ class RunResult:
   record_path: str | None
   eval_curve: list = dataclasses.field(default_factory=list)
   state: Any = None                # the final train state (params, model_state, opt_state, step)
+  resumed: bool = False            # resumed from a checkpoint: not a valid MLPerf time-to-train
+  segments: list = dataclasses.field(default_factory=list)
 
 
 class RunAborted(RuntimeError):
@@ -73,13 +77,17 @@ def build_state_fns(task: Task, runtime: Runtime, seed: int):
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
   rest_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_rest))
   param_shardings = runtime.tree_shardings(nnx.to_pure_dict(abstract_params), param_specs)
+  accum = _accumulation_steps(task, runtime)
+
+  def init_from(params):
+    model = task.create_model(nnx.Rngs(seed))  # its random parameters are dead code here
+    _, _, rest = nnx.split(model, nnx.Param, ...)
+    return {'step': jnp.zeros((), jnp.int32), 'params': params,
+            'model_state': nnx.to_pure_dict(rest), 'opt_state': tx.init(params)}
 
   def init():
     model = task.create_model(nnx.Rngs(seed))
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
-    return {'step': jnp.zeros((), jnp.int32), 'params': params,
-            'model_state': nnx.to_pure_dict(rest), 'opt_state': tx.init(params)}
+    return init_from(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
   abstract_state = jax.eval_shape(init)
   opt_shardings = optax.tree_map_params(
@@ -89,19 +97,40 @@ def build_state_fns(task: Task, runtime: Runtime, seed: int):
                      'model_state': runtime.tree_shardings(nnx.to_pure_dict(abstract_rest), rest_specs),
                      'opt_state': opt_shardings}
 
-  def train_step(state, batch):
-    rng = jax.random.fold_in(jax.random.key(seed), state['step'])
-
+  def gradients(params, model_state, batch, rng):
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state['model_state'])
+      model = nnx.merge(graphdef, params, model_state)
       loss, metrics = task.loss(model, batch, rng)
       return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, model_state, dict(metrics, loss=loss)
 
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
+  def accumulated_gradients(params, model_state, batch, rng):
+    # Micro-batch i takes rows i, i+accum, ...: each device's contiguous block of the
+    # batch splits in place, so no micro-batch has to move between devices.
+    micro = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+
+    def body(carry, inputs):
+      grad_sum, model_state = carry
+      index, micro_batch = inputs
+      grads, model_state, metrics = gradients(params, model_state, micro_batch,
+                                              jax.random.fold_in(rng, index))
+      return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grad_sum, model_state), metrics = jax.lax.scan(
+        body, (zeros, model_state), (jnp.arange(accum), micro))
+    return (jax.tree.map(lambda g: g / accum, grad_sum), model_state,
+            jax.tree.map(lambda m: m.mean(0), metrics))
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(seed), state['step'])
+    compute = gradients if accum == 1 else accumulated_gradients
+    grads, model_state, metrics = compute(state['params'], state['model_state'], batch, rng)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = dict(metrics, loss=loss, learning_rate=task.learning_rate(state['step']))
+    metrics = dict(metrics, learning_rate=task.learning_rate(state['step']))
     return {'step': state['step'] + 1, 'params': params, 'model_state': model_state,
             'opt_state': opt_state}, metrics
 
@@ -115,7 +144,28 @@ def build_state_fns(task: Task, runtime: Runtime, seed: int):
     shapes = jax.eval_shape(eval_sums, state, batch)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-  return init, train_step, eval_step, zero_sums, state_shardings
+  return StateFns(init, init_from, train_step, eval_step, zero_sums, state_shardings)
+
+
+@dataclasses.dataclass
+class StateFns:
+  init: Any
+  init_from: Any          # params -> a fresh state starting from those parameters
+  train_step: Any
+  eval_step: Any
+  zero_sums: Any
+  state_shardings: Any
+
+
+def _accumulation_steps(task: Task, runtime: Runtime) -> int:
+  accum = int(task.gradient_accumulation_steps)
+  rows_per_shard = task.global_batch_size // runtime.batch_shards
+  if accum < 1 or rows_per_shard % accum:
+    raise ConfigError(
+        f'gradient accumulation over {accum} micro-batches needs each of the '
+        f'{runtime.batch_shards} batch shards\' {rows_per_shard} rows to split evenly; use a '
+        f'divisor of {rows_per_shard}')
+  return accum
 
 
 class _Progress:
@@ -180,12 +230,14 @@ class CompiledSteps:
   eval_batch0: Any
   flops: flops_lib.StepFlops
   compile_s: float
+  abstract_state: Any     # shapes, dtypes and shardings of the state (for restoring)
 
 
 @dataclasses.dataclass
 class JittedSteps:
   """The state initialiser and the train/eval steps under `jax.jit` with the run's shardings."""
   init: Any
+  init_from: Any
   train: Any
   eval: Any
   new_sums: Any
@@ -208,22 +260,26 @@ class JittedSteps:
 def jit_steps(task: Task, runtime: Runtime, seed: int) -> JittedSteps:
   """What `run`, `podium compile` and the sharding tests all compile: one definition."""
   # Built outside the mesh context: nnx.eval_shape would read logical names as mesh axes.
-  init_fn, train_step, eval_step, zero_sums, state_shardings = build_state_fns(task, runtime, seed)
+  fns = build_state_fns(task, runtime, seed)
+  shardings = fns.state_shardings
   batch_sharding, replicated = runtime.batch_sharding(), runtime.replicated()
   return JittedSteps(
-      init=jax.jit(init_fn, out_shardings=state_shardings),
-      train=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                    out_shardings=(state_shardings, replicated), donate_argnums=0),
-      eval=jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding, replicated),
+      init=jax.jit(fns.init, out_shardings=shardings),
+      init_from=jax.jit(fns.init_from, in_shardings=(shardings['params'],),
+                        out_shardings=shardings),
+      train=jax.jit(fns.train_step, in_shardings=(shardings, batch_sharding),
+                    out_shardings=(shardings, replicated), donate_argnums=0),
+      eval=jax.jit(fns.eval_step, in_shardings=(shardings, batch_sharding, replicated),
                    out_shardings=replicated, donate_argnums=2),
-      new_sums=jax.jit(zero_sums, out_shardings=replicated),
-      state_shardings=state_shardings, batch_sharding=batch_sharding)
+      new_sums=jax.jit(fns.zero_sums, out_shardings=replicated),
+      state_shardings=shardings, batch_sharding=batch_sharding)
 
 
 def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
   """Compiles and warms up the train and eval steps on zeros: before run_start, and without
   touching the dataset, which is first read once the clock runs."""
   jitted = jit_steps(task, runtime, seed)
+  initial = task.initial_params()
   with runtime.activate():
     start = time.perf_counter()
     state = jitted.init()
@@ -237,7 +293,8 @@ def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
     jax.block_until_ready(compiled_eval(warm_state, eval_batch0,
                                         jitted.new_sums(warm_state, eval_batch0)))
     del warm_state, warm_metrics
-    state = jitted.init()  # the warm-up consumed (donated) the first one; init is deterministic
+    # The warm-up consumed (donated) the first state; init is deterministic.
+    state = jitted.init() if initial is None else _state_from(jitted, initial)
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
   compiled_per_device = flops_lib.compiled_flops(compiled_train)
@@ -249,11 +306,307 @@ def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
       peak=flops_lib.peak_per_device(list(runtime.mesh.devices.flat)),
       compiled_per_device=compiled_per_device)
   return CompiledSteps(state, compiled_train, compiled_eval, jitted.new_sums, eval_batch0,
-                       step_flops, compile_s)
+                       step_flops, compile_s, jitted.abstract_state())
 
 
-def _initialize(config, runtime, task, mllog, layout, system, run_dir, is_main):
-  """From init_start up to init_stop: log what the run is, then compile and warm up."""
+def _state_from(jitted: JittedSteps, initial) -> Any:
+  """A fresh state starting from `initial` (host arrays), each placed with its sharding."""
+  abstract = jitted.abstract_state()['params']
+  flat_initial = {jax.tree_util.keystr(path): leaf
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(initial)}
+  flat_model = {jax.tree_util.keystr(path): leaf
+                for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+  problems = [f'missing {key}' for key in flat_model if key not in flat_initial]
+  problems += [f'unexpected {key}' for key in flat_initial if key not in flat_model]
+  problems += [f'{key} has shape {tuple(np.shape(flat_initial[key]))}, the model '
+               f'{flat_model[key].shape}' for key in flat_model
+               if key in flat_initial and tuple(np.shape(flat_initial[key])) != flat_model[key].shape]
+  if problems:
+    shown = '; '.join(problems[:8]) + (f'; and {len(problems) - 8} more' if len(problems) > 8 else '')
+    raise ConfigError(f'the initial parameters do not fit the model: {shown}')
+
+  def place(host, spec):
+    host = np.asarray(host, spec.dtype)
+    return jax.make_array_from_callback(spec.shape, spec.sharding, lambda index: host[index])
+  return jitted.init_from(jax.tree.map(place, initial, abstract))
+
+
+@dataclasses.dataclass
+class _Ledger:
+  """What the run has done so far: saved with every checkpoint, restored on resume.
+
+  Times are seconds summed over the run's segments (one segment per process lifetime).
+  """
+  result_index: int
+  config_hash: str
+  seed: int
+  step: int = 0
+  evals_done: int = 0
+  quality: float | None = None
+  progress: float = 0.0
+  eval_curve: list = dataclasses.field(default_factory=list)  # [progress, value, s since run_start]
+  init_s: float = 0.0          # the first segment's init (compile, warm-up): MLPerf's init
+  compile_s: float = 0.0
+  train_s: float = 0.0
+  eval_s: float = 0.0
+  data_wait_s: float = 0.0
+  checkpoint_s: float = 0.0
+  step_times: list = dataclasses.field(default_factory=list)
+  segments: list = dataclasses.field(default_factory=list)
+  run_start_wall: float | None = None   # time.time() at the first run_start
+  saved_at: float | None = None         # time.time() when this ledger was checkpointed
+
+  def to_json(self) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  @classmethod
+  def from_json(cls, data: dict) -> '_Ledger':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in fields})
+
+  @property
+  def resumed(self) -> bool:
+    return len(self.segments) > 1
+
+
+def checkpoint_interval(config, task: Task) -> int:
+  """Steps between checkpoints from the recipe's `checkpoint` section; 0 when off."""
+  spec = config.checkpoint
+  if spec.resume not in ('auto', 'never'):
+    raise ConfigError(f"checkpoint.resume={spec.resume!r}; valid: 'auto', 'never'")
+  if spec.every_steps < 0 or spec.every_epochs < 0 or spec.keep < 1:
+    raise ConfigError(f'checkpoint.every_steps={spec.every_steps}, every_epochs='
+                      f'{spec.every_epochs}, keep={spec.keep}: steps and epochs must be >= 0 '
+                      f'and keep >= 1')
+  if spec.every_steps and spec.every_epochs:
+    raise ConfigError('set checkpoint.every_steps or checkpoint.every_epochs, not both')
+  if spec.every_epochs:
+    return max(1, round(spec.every_epochs * task.train_samples / task.global_batch_size))
+  return int(spec.every_steps)
+
+
+def _choose_result(config, runtime, layout, runs_root, config_hash, interval):
+  """Process 0 picks the result index: an unfinished run of this config to resume (when
+  checkpointing is on), or a fresh index; every process learns its choice."""
+  index, previous = 0, None
+  if runtime.process_index == 0:
+    if interval and config.checkpoint.resume == 'auto':
+      previous, notes = checkpointing.find_resumable(runs_root, config_hash)
+      for note in notes:
+        print(f'podium: {note}', flush=True)
+    index = previous.result_index if previous else layout.reserve_result()[0]
+  index, resuming = runtime.broadcast_ints([index, previous is not None])
+  return index, bool(resuming), previous
+
+
+def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None) -> RunResult:
+  """Runs one timed training run of `task` and writes its MLPerf log and result record.
+
+  With checkpointing on (`checkpoint.every_steps` / `every_epochs`), a run stopped by SIGTERM
+  saves and raises RunInterrupted, and running the same command again resumes it: the same
+  result index, its log appended to (a `podium_resume` event, then the rest of the run), and
+  a record that says `resumed` and lists the segments.
+  """
+  is_main = runtime.process_index == 0
+  output_root = output_root or config.output_dir
+  system = system_info.system_name(config, runtime)
+  layout = SubmissionLayout(output_root, config.submission.org, system, task.mlperf_benchmark)
+  runs_root = os.path.join(output_root, 'runs', config.benchmark, system)
+  config_hash = result_record.config_hash(json.loads(config.to_json_best_effort()))
+  interval = checkpoint_interval(config, task)
+  result_index, resuming, previous = _choose_result(config, runtime, layout, runs_root,
+                                                    config_hash, interval)
+  log_path = str(layout.log_path(result_index)) if is_main else None
+  run_dir = os.path.join(runs_root, f'result_{result_index}')
+  checkpoint_dir = None
+  if interval:
+    checkpoint_dir = (os.path.join(config.checkpoint.dir, f'result_{result_index}')
+                      if config.checkpoint.dir else os.path.join(run_dir, 'checkpoints'))
+  mllog = MLPerfLogger(log_path, enabled=is_main)
+  writer = metric_writers.create_default_writer(
+      os.path.join(run_dir, 'tensorboard') if is_main else None, just_logging=not is_main,
+      asynchronous=True)
+  watch = checkpointing.PreemptionWatch(runtime.process_count)
+  saver = None
+
+  def heartbeat(**fields):
+    if is_main:
+      checkpointing.write_run_state(run_dir, last_seen=time.time(), **fields)
+
+  segment_wall = time.time()
+  try:
+    if is_main:
+      os.makedirs(run_dir, exist_ok=True)
+    heartbeat(status=checkpointing.RUNNING, result_index=result_index, config_hash=config_hash,
+              checkpoint_dir=checkpoint_dir, ended=None,
+              **({} if resuming else {'last_step': 0}))
+    if resuming:
+      # The truth, and what the MLPerf checker rejects (init after run_start): a resumed
+      # run is never taken for one contiguous time-to-train.
+      mllog.start(C.INIT_START, metadata={'podium_resume': True})
+    else:
+      _log_run_keys(config, runtime, task, mllog, layout, system, run_dir, is_main)
+    steps = compile_steps(task, runtime, int(config.seed))
+    blocks = task.blocks()
+    state = steps.state
+    ledger = _Ledger(result_index=result_index, config_hash=config_hash, seed=int(config.seed))
+    if checkpoint_dir:
+      saver = checkpointing.Checkpointer(checkpoint_dir, keep=config.checkpoint.keep)
+    downtime_s = None
+    if resuming:
+      state, ledger, downtime_s = _restore(saver, steps, previous, segment_wall)
+    elif task.initial_eval:
+      quality = _evaluate(task, runtime, steps, state)
+      if is_main:
+        print(f'initial {task.quality_name} {quality:.5f}', flush=True)
+      mllog.event('initial_eval_accuracy', quality)
+  except BaseException:
+    # A run that never started is no result: keep its log beside the results, out of the count.
+    _close(writer, mllog, task, saver, watch)
+    if is_main and not resuming:
+      checkpointing.write_run_state(run_dir, status=checkpointing.FINISHED, ended='init_failed')
+      if os.path.exists(log_path):
+        os.replace(log_path, f'{log_path}.init_failed')
+    raise
+  compiled_train = steps.train
+  runtime.sync('init_done')
+  segment = {'segment': len(ledger.segments), 'start_step': ledger.step,
+             'started_at': result_record.iso_time(segment_wall),
+             'init_s': time.time() - segment_wall}
+  if resuming:
+    segment['downtime_s'] = downtime_s
+  ledger.segments.append(segment)
+  ledger.compile_s += steps.compile_s
+  if resuming:
+    mllog.end(C.INIT_STOP, metadata={'podium_resume': True})
+    mllog.event('podium_resume', {key: segment.get(key) for key in (
+        'segment', 'start_step', 'init_s', 'downtime_s')} | {
+            'lost_steps': ledger.segments[-2].get('lost_steps'),
+            'note': 'resumed from a checkpoint: not a valid MLPerf time-to-train'})
+    if is_main:
+      print(f'podium: resumed result_{result_index} at step {ledger.step} (segment '
+            f'{segment["segment"]}); the run is marked as resumed in its log and record',
+            flush=True)
+  else:
+    ledger.init_s = segment['init_s']
+    mllog.end(C.INIT_STOP)
+    mllog.start(C.RUN_START)
+    ledger.run_start_wall = time.time()
+  run_start = time.perf_counter()
+
+  status = C.ABORTED
+  progress_line = _Progress(blocks[-1].end_step, task.global_batch_size, task.progress_unit,
+                            is_main, steps.flops)
+  data_wait = [0.0]
+  data_wait_base = ledger.data_wait_s
+
+  def save(wait=False):
+    ledger.data_wait_s = data_wait_base + data_wait[0]
+    ledger.saved_at = time.time()
+    saver.save(ledger.step, state, ledger.to_json(), wait=wait)
+    ledger.checkpoint_s = saver.save_s
+    heartbeat(last_step=ledger.step, checkpoint_step=ledger.step)
+
+  try:
+    batches = _prefetch_to_device(task.train_batches(ledger.step), runtime,
+                                  config.prefetch_batches, data_wait)
+    pending = None            # metrics of the step before, read once the next is dispatched
+    interval_start, interval_steps, interval_wait = time.perf_counter(), 0, 0.0
+    for block in blocks[ledger.evals_done:]:
+      mllog.start(C.BLOCK_START, metadata=dict(block.start_metadata))
+      mark = time.perf_counter()
+      while ledger.step < block.end_step:
+        state, metrics = compiled_train(state, next(batches))
+        ledger.step += 1
+        step = ledger.step
+        interval_steps += 1
+        if pending is not None and (step % config.log_every_steps == 0 or step == block.end_step):
+          values = jax.device_get(pending)
+          _check_finite(values, step - 1)
+          now = time.perf_counter()
+          step_time = (now - interval_start) / interval_steps
+          data_share = (data_wait[0] - interval_wait) / max(now - interval_start, 1e-9)
+          progress_now = block.progress * step / block.end_step if block.end_step else 0.0
+          ledger.step_times.append(step_time)
+          progress_line.show(step, step_time, data_share, values, progress_now)
+          mfu = steps.flops.mfu(step_time)
+          writer.write_scalars(step - 1, dict(
+              {k: float(v) for k, v in values.items()},
+              step_time_ms=step_time * 1e3, examples_per_s=task.global_batch_size / step_time,
+              data_wait_share=data_share, **({'mfu': mfu} if mfu is not None else {})))
+          heartbeat(last_step=step)
+          interval_start, interval_steps, interval_wait = now, 0, data_wait[0]
+        pending = metrics
+        preempted = watch.reached(step)
+        if saver and (preempted or step % interval == 0):
+          # Never checkpoint a diverged state: a resume would only diverge again.
+          _check_finite(jax.device_get(metrics), step - 1)
+          ledger.train_s += time.perf_counter() - mark
+          save(wait=preempted)
+          mark = time.perf_counter()
+          interval_start, interval_steps = mark, 0
+        if preempted:
+          raise checkpointing.RunInterrupted(step, checkpoint_dir if saver else None)
+      jax.block_until_ready(state)
+      ledger.train_s += time.perf_counter() - mark
+      mllog.end(C.BLOCK_STOP, metadata=dict(block.start_metadata))
+
+      eval_start = time.perf_counter()
+      mllog.start(C.EVAL_START, metadata=dict(block.eval_metadata))
+      ledger.quality = _evaluate(task, runtime, steps, state)
+      ledger.progress = block.progress
+      mllog.event(C.EVAL_ACCURACY, ledger.quality, metadata=dict(block.eval_metadata))
+      mllog.end(C.EVAL_STOP, metadata=dict(block.eval_metadata))
+      ledger.eval_s += time.perf_counter() - eval_start
+      ledger.evals_done += 1
+      ledger.eval_curve.append([ledger.progress, ledger.quality,
+                                time.time() - ledger.run_start_wall])
+      progress_line.eval(task.quality_name, ledger.quality, ledger.progress)
+      writer.write_scalars(ledger.step, {f'eval/{task.quality_name}': ledger.quality})
+      interval_start, interval_steps = time.perf_counter(), 0
+      if ledger.quality >= task.target:
+        status = C.SUCCESS
+        break
+  except BaseException as error:
+    interrupted = isinstance(error, checkpointing.RunInterrupted)
+    mllog.end(C.RUN_STOP, metadata={C.STATUS: C.ABORTED, **(
+        {'podium_interrupted_at_step': ledger.step} if interrupted else {})})
+    ledger.data_wait_s = data_wait_base + data_wait[0]
+    ended = 'interrupted' if interrupted else 'aborted'
+    segment.update(end_step=ledger.step, ended_at=result_record.now_iso(), ended=ended,
+                   run_s=time.perf_counter() - run_start)
+    _close(writer, mllog, task, saver, watch)
+    ledger.checkpoint_s = saver.save_s if saver else 0.0
+    # A diverged run is over; anything else (SIGTERM, a vanished file, Ctrl-C) can resume.
+    heartbeat(status=(checkpointing.FINISHED if isinstance(error, RunAborted)
+                      else checkpointing.INTERRUPTED), ended=ended, last_step=ledger.step)
+    _write_record(config, runtime, task, layout, log_path, C.ABORTED, None, ledger, steps.flops,
+                  error=f'{type(error).__name__}: {error}')
+    raise
+  mllog.end(C.RUN_STOP, metadata={C.STATUS: status})
+  time_to_train = (time.time() - ledger.run_start_wall if ledger.resumed
+                   else time.perf_counter() - run_start)
+  ledger.data_wait_s = data_wait_base + data_wait[0]
+  segment.update(end_step=ledger.step, ended_at=result_record.now_iso(), ended=status,
+                 run_s=time.perf_counter() - run_start)
+  if saver:
+    save(wait=True)  # the final state, for export and fine-tuning (after run_stop: untimed)
+  _close(writer, mllog, task, saver, watch)
+  heartbeat(status=checkpointing.FINISHED, ended=status, last_step=ledger.step)
+  record_path = _write_record(config, runtime, task, layout, log_path, status, time_to_train,
+                              ledger, steps.flops)
+  return RunResult(status=status, quality=ledger.quality, target=task.target,
+                   progress=ledger.progress, time_to_train_s=time_to_train,
+                   init_s=ledger.init_s,
+                   examples_per_s=(ledger.step * task.global_batch_size / ledger.train_s
+                                   if ledger.train_s else None),
+                   log_path=log_path, record_path=record_path,
+                   eval_curve=[tuple(point) for point in ledger.eval_curve], state=state,
+                   resumed=ledger.resumed, segments=ledger.segments)
+
+
+def _log_run_keys(config, runtime, task, mllog, layout, system, run_dir, is_main):
+  """From init_start: what the run is (the MLPerf keys); the config and system files."""
   mllog.event(C.CACHE_CLEAR, True)
   mllog.start(C.INIT_START)
   # submission_division must come before init_stop: it sets the checker's init time limit.
@@ -264,131 +617,47 @@ def _initialize(config, runtime, task, mllog, layout, system, run_dir, is_main):
   mllog.event(C.SUBMISSION_BENCHMARK, task.mlperf_benchmark)
   mllog.event(C.SEED, int(config.seed))
   mllog.event(C.GLOBAL_BATCH_SIZE, task.global_batch_size)
-  mllog.event(C.GRADIENT_ACCUMULATION_STEPS, 1)
+  hyperparameters = task.hyperparameters()
+  mllog.event(C.GRADIENT_ACCUMULATION_STEPS, task.gradient_accumulation_steps)
   mllog.event(C.TRAIN_SAMPLES, task.train_samples)
   mllog.event(C.EVAL_SAMPLES, task.eval_samples)
-  for key, value in task.hyperparameters().items():
-    mllog.event(key, value)
-
+  for key, value in hyperparameters.items():
+    if key != C.GRADIENT_ACCUMULATION_STEPS:
+      mllog.event(key, value)
   if is_main:
-    os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     system_info.write_system_json(layout.system_json_path, config, runtime, system)
 
-  blocks = task.blocks()
-  steps = compile_steps(task, runtime, int(config.seed))
-  return steps, blocks, blocks[-1].end_step
+
+def _restore(saver, steps: CompiledSteps, previous, segment_wall: float):
+  """The state and ledger of the newest checkpoint, and the time since the run was last seen;
+  closes the segment that ended unseen."""
+  step = saver.latest_step()
+  if step is None:
+    raise RuntimeError(f'no complete checkpoint in {saver.directory} to resume from')
+  state, saved = saver.restore(step, steps.abstract_state)
+  ledger = _Ledger.from_json(saved)
+  if ledger.step != step:
+    raise RuntimeError(f'checkpoint {saver.directory}/{step} holds the progress of step '
+                       f'{ledger.step}: it is corrupt')
+  run_state = previous.run_state if previous is not None else {}
+  last_step = max(int(run_state.get('last_step') or step), step)
+  last_seen = float(run_state.get('last_seen') or ledger.saved_at or segment_wall)
+  ledger.segments[-1].update(
+      end_step=last_step, ended_at=result_record.iso_time(last_seen),
+      # A process that died without a word (SIGKILL, a lost machine) left its status 'running'.
+      ended=run_state.get('ended') or 'killed',
+      lost_steps=last_step - step,
+      lost_s=max(0.0, last_seen - (ledger.saved_at or last_seen)))
+  return state, ledger, max(0.0, segment_wall - last_seen)
 
 
-def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None) -> RunResult:
-  """Runs one timed training run of `task` and writes its MLPerf log and result record."""
-  is_main = runtime.process_index == 0
-  output_root = output_root or config.output_dir
-  system = system_info.system_name(config, runtime)
-  layout = SubmissionLayout(output_root, config.submission.org, system, task.mlperf_benchmark)
-  log_path = None
-  result_index = None
-  if is_main:
-    result_index, log_path = layout.reserve_result()
-  run_dir = os.path.join(output_root, 'runs', config.benchmark, system, f'result_{result_index}')
-  mllog = MLPerfLogger(log_path, enabled=is_main)
-  writer = metric_writers.create_default_writer(
-      os.path.join(run_dir, 'tensorboard') if is_main else None, just_logging=not is_main,
-      asynchronous=True)
-
-  init_wall = time.time()
-  try:
-    steps, blocks, total_steps = _initialize(config, runtime, task, mllog, layout, system,
-                                             run_dir, is_main)
-  except BaseException:
-    # A run that never started is no result: keep its log beside the results, out of the count.
-    _finish(writer, mllog, task)
-    if log_path and os.path.exists(log_path):
-      os.replace(log_path, f'{log_path}.init_failed')
-    raise
-  state, compiled_train, compiled_eval = steps.state, steps.train, steps.eval
-  new_sums, eval_batch0, step_flops, compile_s = (steps.new_sums, steps.eval_batch0, steps.flops,
-                                                  steps.compile_s)
-  runtime.sync('init_done')
-  mllog.end(C.INIT_STOP)
-  init_s = time.time() - init_wall
-  mllog.start(C.RUN_START)
-  run_start = time.perf_counter()
-
-  status, quality, progress = C.ABORTED, None, 0.0
-  eval_curve = []
-  progress_line = _Progress(total_steps, task.global_batch_size, task.progress_unit, is_main,
-                            step_flops)
-  step_times = []
-  data_wait = [0.0]
-  train_time = eval_time = 0.0
-  step = 0
-  try:
-    batches = _prefetch_to_device(task.train_batches(0), runtime, config.prefetch_batches, data_wait)
-    pending = None            # metrics of the step before, read once the next is dispatched
-    interval_start, interval_steps, interval_wait = time.perf_counter(), 0, 0.0
-    for block in blocks:
-      mllog.start(C.BLOCK_START, metadata=dict(block.start_metadata))
-      block_start = time.perf_counter()
-      while step < block.end_step:
-        state, metrics = compiled_train(state, next(batches))
-        step += 1
-        interval_steps += 1
-        if pending is not None and (step % config.log_every_steps == 0 or step == block.end_step):
-          values = jax.device_get(pending)
-          _check_finite(values, step - 1)
-          now = time.perf_counter()
-          step_time = (now - interval_start) / interval_steps
-          data_share = (data_wait[0] - interval_wait) / max(now - interval_start, 1e-9)
-          epoch_now = block.progress * step / block.end_step if block.end_step else 0.0
-          step_times.append(step_time)
-          progress_line.show(step, step_time, data_share, values, epoch_now)
-          mfu = step_flops.mfu(step_time)
-          writer.write_scalars(step - 1, dict(
-              {k: float(v) for k, v in values.items()},
-              step_time_ms=step_time * 1e3, examples_per_s=task.global_batch_size / step_time,
-              data_wait_share=data_share, **({'mfu': mfu} if mfu is not None else {})))
-          interval_start, interval_steps, interval_wait = now, 0, data_wait[0]
-        pending = metrics
-      jax.block_until_ready(state)
-      train_time += time.perf_counter() - block_start
-      mllog.end(C.BLOCK_STOP, metadata=dict(block.start_metadata))
-
-      eval_start = time.perf_counter()
-      mllog.start(C.EVAL_START, metadata=dict(block.eval_metadata))
-      sums = new_sums(state, eval_batch0)
-      for eval_batch in task.eval_batches():
-        sums = compiled_eval(state, runtime.global_batch(eval_batch), sums)
-      quality = float(task.quality(jax.device_get(sums)))
-      progress = block.progress
-      mllog.event(C.EVAL_ACCURACY, quality, metadata=dict(block.eval_metadata))
-      mllog.end(C.EVAL_STOP, metadata=dict(block.eval_metadata))
-      eval_time += time.perf_counter() - eval_start
-      eval_curve.append((progress, quality, time.perf_counter() - run_start))
-      progress_line.eval(task.quality_name, quality, progress)
-      writer.write_scalars(step, {f'eval/{task.quality_name}': quality})
-      if quality >= task.target:
-        status = C.SUCCESS
-        break
-  except BaseException as error:
-    mllog.end(C.RUN_STOP, metadata={C.STATUS: C.ABORTED})
-    _finish(writer, mllog, task)
-    _write_record(config, runtime, task, layout, result_index, log_path, C.ABORTED, quality,
-                  progress, None, init_s, compile_s, train_time, eval_time, data_wait[0], step,
-                  eval_curve, step_flops, step_times, error=f'{type(error).__name__}: {error}')
-    raise
-  mllog.end(C.RUN_STOP, metadata={C.STATUS: status})
-  time_to_train = time.perf_counter() - run_start
-  _finish(writer, mllog, task)
-  examples_per_s = step * task.global_batch_size / train_time if train_time else None
-  record_path = _write_record(config, runtime, task, layout, result_index, log_path, status,
-                              quality, progress, time_to_train, init_s, compile_s, train_time,
-                              eval_time, data_wait[0], step, eval_curve, step_flops, step_times)
-  return RunResult(status=status, quality=quality, target=task.target, progress=progress,
-                   time_to_train_s=time_to_train, init_s=init_s, examples_per_s=examples_per_s,
-                   log_path=log_path, record_path=record_path, eval_curve=eval_curve,
-                   state=state)
+def _evaluate(task: Task, runtime: Runtime, steps: CompiledSteps, state) -> float:
+  sums = steps.new_sums(state, steps.eval_batch0)
+  for eval_batch in task.eval_batches():
+    sums = steps.eval(state, runtime.global_batch(eval_batch), sums)
+  return float(task.quality(jax.device_get(sums)))
 
 
 def _distribution(values) -> dict | None:
@@ -411,32 +680,35 @@ def _check_finite(metrics: dict, step: int) -> None:
                      f'rate, the data and the dtype)')
 
 
-def _finish(writer, mllog: MLPerfLogger, task: Task) -> None:
+def _close(writer, mllog: MLPerfLogger, task: Task, saver, watch) -> None:
   writer.flush()
   writer.close()
   mllog.close()
   task.close()
+  watch.close()
+  if saver is not None:
+    saver.close()
 
 
-def _write_record(config, runtime, task, layout, result_index, log_path, status, quality,
-                  progress, time_to_train, init_s, compile_s, train_s, eval_s, data_wait_s,
-                  steps, eval_curve, step_flops, step_times, error=None):
-  if runtime.process_index != 0 or result_index is None:
+def _write_record(config, runtime, task, layout, log_path, status, time_to_train,
+                  ledger: _Ledger, step_flops, error=None):
+  if runtime.process_index != 0:
     return None
   commit, dirty = result_record.podium_revision()
+  step_times = ledger.step_times
   record = result_record.ResultRecord(
       benchmark=config.benchmark,
       recipe=config.recipe,
       status=status,
       time_to_train_s=time_to_train,
-      init_s=init_s,
+      init_s=ledger.init_s,
       quality_metric=task.quality_name,
-      quality_value=quality,
+      quality_value=ledger.quality,
       quality_target=task.target,
-      epochs_or_samples_to_converge=progress if status == C.SUCCESS else None,
+      epochs_or_samples_to_converge=ledger.progress if status == C.SUCCESS else None,
       progress_unit=task.progress_unit,
-      eval_curve=[list(point) for point in eval_curve],
-      throughput=(steps * task.global_batch_size / train_s) if train_s else None,
+      eval_curve=[list(point) for point in ledger.eval_curve],
+      throughput=(ledger.step * task.global_batch_size / ledger.train_s) if ledger.train_s else None,
       model_flops_per_step=step_flops.model_flops or None,
       mfu=step_flops.mfu(float(np.median(step_times))) if step_times else None,
       global_batch_size=task.global_batch_size,
@@ -448,13 +720,17 @@ def _write_record(config, runtime, task, layout, result_index, log_path, status,
       podium_commit=commit,
       podium_dirty=dirty,
       log_path=log_path,
-      extra=dict(compile_s=compile_s, train_s=train_s, eval_s=eval_s, data_wait_s=data_wait_s,
-                 steps=steps, error=error,
+      resumed=ledger.resumed,
+      segments=ledger.segments,
+      phases=dict(init=ledger.init_s, compile=ledger.compile_s, train=ledger.train_s,
+                  eval=ledger.eval_s, data_wait=ledger.data_wait_s,
+                  checkpoint=ledger.checkpoint_s),
+      extra=dict(steps=ledger.step, error=error,
                  step_time_s=_distribution(step_times),
                  compiled_flops_per_device=step_flops.compiled_per_device,
                  peak_flops_per_device=step_flops.peak.flops_per_device if step_flops.peak else None,
                  peak_source=step_flops.peak.source if step_flops.peak else None),
   )
-  path = layout.record_path(result_index)
+  path = layout.record_path(ledger.result_index)
   result_record.write_record(path, record)
   return path

@@ -217,6 +217,13 @@ class Runtime:
       return int(value)
     return int(np.max(multihost_utils.process_allgather(np.asarray(value))))
 
+  def broadcast_ints(self, values: Sequence[int]) -> list[int]:
+    """Process 0's integers on every process (e.g. the run index it reserved)."""
+    if self.process_count == 1:
+      return [int(v) for v in values]
+    array = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32))
+    return [int(v) for v in np.asarray(array)]
+
   def sync(self, name: str) -> None:
     if self.process_count > 1:
       multihost_utils.sync_global_devices(name)

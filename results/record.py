@@ -5,17 +5,18 @@ compare: times already computed, the resolved config and its hash, the hardware,
 versions and the podium commit. It is written next to the log's layout
 (`SubmissionLayout.record_path`).
 
-Schema (version 1). Times are seconds; "progress" is epochs for ResNet-style benchmarks and
+Schema (version 2; version 1 records, which lack `resumed`, `segments` and `phases`, are read
+with their defaults). Times are seconds; "progress" is epochs for ResNet-style benchmarks and
 training samples for BERT-style ones (MLPerf's `epoch_num` convention), named by
 `progress_unit`.
 
 | field                         | type                   | meaning |
 |-------------------------------|------------------------|---------|
-| schema_version                | int                    | 1; `read_record` refuses others |
+| schema_version                | int                    | 2; `read_record` reads 1 and 2, refuses others |
 | benchmark                     | str                    | benchmark name (`resnet`, `bert`, `wav2vec2_base`, ...) |
 | recipe                        | str                    | recipe name in the benchmark registry |
 | status                        | 'success' / 'aborted'  | the run_stop status: target reached or not |
-| time_to_train_s               | float / null           | run_start -> run_stop (the MLPerf score of one run) |
+| time_to_train_s               | float / null           | run_start -> run_stop, wall clock (the MLPerf score of one run; for a resumed run it spans every segment and the time between them) |
 | init_s                        | float / null           | init_start -> init_stop (compile, warm-up) |
 | quality_metric                | str                    | e.g. 'eval_accuracy', 'masked_lm_accuracy', 'wer' |
 | quality_value                 | float / null           | the last evaluated value |
@@ -37,6 +38,9 @@ training samples for BERT-style ones (MLPerf's `epoch_num` convention), named by
 | podium_dirty                  | bool / null            | uncommitted changes in that checkout |
 | started_at                    | str                    | ISO 8601 time with UTC offset at which the run started |
 | log_path                      | str                    | the MLPerf log of this run |
+| resumed                       | bool                   | true if the run was stopped and resumed from a checkpoint: then it is NOT a valid MLPerf time-to-train (the rules want one contiguous run) |
+| segments                      | list of dicts          | one per process lifetime: segment, start_step, end_step, started_at, ended_at, ended ('success', 'aborted', 'interrupted' by SIGTERM, 'killed'), init_s, run_s, lost_steps (trained but not checkpointed, so trained again), lost_s, downtime_s (from the end of the segment before to this one's start) |
+| phases                        | {phase: float}         | seconds per phase: init, compile, train, eval, data_wait, checkpoint (summed over segments) |
 | extra                         | dict                   | anything else (MFU, data-loading share, notes) |
 
 Non-finite floats (a diverged loss) are written as null: JSON has no NaN.
@@ -58,9 +62,10 @@ from typing import Any
 from results.layout import atomic_write_text
 
 __all__ = ["SCHEMA_VERSION", "ResultRecord", "canonical_json", "config_hash",
-           "podium_revision", "now_iso", "write_record", "read_record"]
+           "podium_revision", "now_iso", "iso_time", "write_record", "read_record"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STATUSES = ("success", "aborted")
 PROGRESS_UNITS = ("epoch", "samples", "steps")
 
@@ -107,6 +112,12 @@ def config_hash(config: Any) -> str:
 def now_iso() -> str:
     """The current time, ISO 8601 with UTC offset, to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def iso_time(seconds: float) -> str:
+    """`time.time()` seconds as ISO 8601 with UTC offset, to the second."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="seconds")
 
 
 def podium_revision(path: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
@@ -158,6 +169,9 @@ class ResultRecord:
     podium_commit: str | None = None
     podium_dirty: bool | None = None
     started_at: str = field(default_factory=now_iso)
+    resumed: bool = False
+    segments: list[dict] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -209,9 +223,9 @@ def read_record(path: str | os.PathLike) -> ResultRecord:
     if not isinstance(data, dict):
         raise ValueError(f"result record {path} holds a {type(data).__name__}, not an object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(f"result record {path} has schema_version {version!r}; this podium "
-                         f"reads schema_version {SCHEMA_VERSION}"
+                         f"reads schema_version {', '.join(map(str, READABLE_VERSIONS))}"
                          + (" (the record is newer: update podium)"
                             if isinstance(version, int) and version > SCHEMA_VERSION else ""))
     fields = {f.name: f for f in dataclasses.fields(ResultRecord)}

@@ -24,11 +24,11 @@ def test_recipe_builds_and_shape_checks_abstractly(benchmark, name):
   config = registry.resolve(benchmark, name, ['data.synthetic=True', 'data.prepare=""'])
   runtime = Runtime(make_mesh({'data': 1}, jax.devices()[:1]), logical_axis_rules(config.sharding_rules))
   task = registry.load_benchmark(benchmark).build_task(config, runtime)
-  init, train_step, _, _, _ = build_state_fns(task, runtime, seed=0)
-  state = jax.eval_shape(init)
+  fns = build_state_fns(task, runtime, seed=0)
+  state = jax.eval_shape(fns.init)
   batch = task.input_spec(eval=False)
   assert batch['image'].shape[0] == config.train.global_batch_size
-  new_state, metrics = jax.eval_shape(train_step, state, batch)
+  new_state, metrics = jax.eval_shape(fns.train_step, state, batch)
   assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(
       lambda a: (a.shape, a.dtype), state)
   assert metrics['loss'].shape == ()

@@ -76,8 +76,12 @@ def test_bad_records_are_refused(tmp_path):
         path.write_text(json.dumps(mutated))
         return read_record(path)
 
-    with pytest.raises(ValueError, match="schema_version 2.*update podium"):
-        read({**data, "schema_version": 2})
+    with pytest.raises(ValueError, match="schema_version 3.*update podium"):
+        read({**data, "schema_version": 3})
+    # A version-1 record (before resuming existed) reads with the new fields' defaults.
+    old = {k: v for k, v in data.items() if k not in ("resumed", "segments", "phases")}
+    record = read({**old, "schema_version": 1})
+    assert record.resumed is False and record.segments == [] and record.phases == {}
     with pytest.raises(ValueError, match="config_hash .* does not match"):
         read({**data, "config": {**data["config"], "lr": 1.0}})
     with pytest.raises(ValueError, match=r"unknown fields \['color'\]"):

@@ -86,7 +86,7 @@ def test_fsdp_divides_the_per_device_state():
 
 def test_dimension_the_mesh_cannot_divide_is_replicated():
   task, runtime = task_for('fsdp8')
-  _, _, _, _, shardings = build_state_fns(task, runtime, seed=0)
+  shardings = build_state_fns(task, runtime, seed=0).state_shardings
   head_bias = shardings['params']['head']['bias']   # 10 classes, not a multiple of 8
   kernel = shardings['params']['stem']['conv']['kernel']
   assert head_bias.spec == jax.sharding.PartitionSpec(None)
