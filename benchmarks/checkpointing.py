@@ -125,6 +125,31 @@ def latest_step(directory: str | os.PathLike | None) -> int | None:
   return max(steps, default=None)
 
 
+def read_state(directory: str | os.PathLike, step: int | None = None) -> dict:
+  """The train state saved at `step` (default: the latest) as numpy arrays on this host,
+  whatever topology wrote it: for export, inspection and tests."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  step = latest_step(directory) if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no complete checkpoint in {directory}')
+  path = os.path.join(os.fspath(directory), str(step), 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  return _int_keys(jax.tree.map(np.asarray, checkpointer.restore(path, target)))
+
+
+def _int_keys(tree):
+  """Orbax writes the integer keys of NNX pure dicts (list indices) as strings; undo it."""
+  if not isinstance(tree, dict):
+    return tree
+  return {int(key) if isinstance(key, str) and key.isdigit() else key: _int_keys(value)
+          for key, value in tree.items()}
+
+
 # -- orbax ---------------------------------------------------------------------------------
 
 class Checkpointer:

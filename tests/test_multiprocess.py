@@ -1,6 +1,7 @@
 """Two real processes on 127.0.0.1 (`jax.distributed`, gloo collectives) train the digits
 recipe and match one process that reads the same two input shards on two devices; only
-process 0 writes the MLPerf log, and that log passes the compliance checker."""
+process 0 writes the MLPerf log, and that log passes the compliance checker; both processes
+save checkpoints together (orbax, JAX's preemption service watching for SIGTERM)."""
 
 import glob
 import os
@@ -16,7 +17,8 @@ from results import compliance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multiprocess_worker.py')
-OVERRIDES = ['--set', 'data.input_shards=2', '--set', 'train.max_epochs=6', '--set', 'log_every_steps=5']
+OVERRIDES = ['--set', 'data.input_shards=2', '--set', 'train.max_epochs=6', '--set', 'log_every_steps=5',
+             '--set', 'checkpoint.every_steps=50']
 
 
 def free_port():
@@ -67,3 +69,19 @@ def test_only_process_zero_writes_a_compliant_log(runs):
   assert len(logs) == 1 and logs[0].endswith(os.path.join('cpu-x2', 'resnet', 'result_0.txt')), logs
   result = compliance.check_log(logs[0], ruleset='4.0.0')
   assert result.passed, result.output
+
+
+def test_two_processes_checkpoint_the_state_they_trained(runs):
+  import jax
+  from benchmarks import checkpointing
+  multi, _ = runs
+  directory = glob.glob(os.path.join(multi, 'runs', 'resnet50', '*', 'result_0', 'checkpoints'))[0]
+  step = checkpointing.latest_step(directory)
+  assert step is not None and step % 50 != 0  # the final state, saved after run_stop
+  saved = checkpointing.read_state(directory)
+  params = np.load(os.path.join(multi, 'params.npz'))
+  flat = {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(saved['params'])}
+  assert sorted(flat) == sorted(params.files)
+  for key in params.files:
+    np.testing.assert_array_equal(flat[key], params[key], err_msg=key)

@@ -54,20 +54,13 @@ def wait_for_step(out, min_step, process, timeout=300):
 
 def final_params(out):
   """The parameters of the final checkpoint, as numpy arrays keyed by path."""
-  import orbax.checkpoint as ocp
+  import jax
   from benchmarks import checkpointing
   directory = os.path.join(out, RUNS, 'result_0', 'checkpoints')
-  step = checkpointing.latest_step(directory)
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), 'state'))
-  leaves = {}
-  def visit(prefix, node):
-    if isinstance(node, dict):
-      for key, value in node.items():
-        visit(f'{prefix}/{key}', value)
-    else:
-      leaves[prefix] = np.asarray(node)
-  visit('', restored['params'])
-  return step, leaves
+  saved = checkpointing.read_state(directory)
+  return checkpointing.latest_step(directory), {
+      jax.tree_util.keystr(path): leaf
+      for path, leaf in jax.tree_util.tree_leaves_with_path(saved['params'])}
 
 
 @pytest.fixture(scope='module')
