@@ -44,6 +44,9 @@ def loop_config() -> ml_collections.ConfigDict:
           on_preemption=True,   # on SIGTERM: save at the next step, then exit (when enabled)
           resume='auto',        # 'auto': continue an unfinished run of this config; 'never'
           dir='',               # default: <run dir>/checkpoints
+          # Save the final state after run_stop (untimed) for `podium export` and
+          # fine-tuning, even with periodic checkpoints off.
+          save_final=True,
       ),
   ))
 

@@ -419,7 +419,11 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None)
   log_path = str(layout.log_path(result_index)) if is_main else None
   run_dir = os.path.join(runs_root, f'result_{result_index}')
   checkpoint_dir = None
-  if interval:
+  # The final state alone is not worth risking on several hosts' local disks: only with a
+  # checkpoint.dir that every host sees (a bucket) or on one host.
+  save_final = config.checkpoint.save_final and (runtime.process_count == 1
+                                                 or bool(config.checkpoint.dir))
+  if interval or save_final:
     checkpoint_dir = (os.path.join(config.checkpoint.dir, f'result_{result_index}')
                       if config.checkpoint.dir else os.path.join(run_dir, 'checkpoints'))
   mllog = MLPerfLogger(log_path, enabled=is_main)
@@ -538,7 +542,7 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None)
           interval_start, interval_steps, interval_wait = now, 0, data_wait[0]
         pending = metrics
         preempted = watch.reached(step)
-        if saver and (preempted or step % interval == 0):
+        if interval and (preempted or step % interval == 0):
           # Never checkpoint a diverged state: a resume would only diverge again.
           _check_finite(jax.device_get(metrics), step - 1)
           ledger.train_s += time.perf_counter() - mark
@@ -546,7 +550,7 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None)
           mark = time.perf_counter()
           interval_start, interval_steps = mark, 0
         if preempted:
-          raise checkpointing.RunInterrupted(step, checkpoint_dir if saver else None)
+          raise checkpointing.RunInterrupted(step, checkpoint_dir if interval else None)
       jax.block_until_ready(state)
       ledger.train_s += time.perf_counter() - mark
       mllog.end(C.BLOCK_STOP, metadata=dict(block.start_metadata))
@@ -590,7 +594,8 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None)
   segment.update(end_step=ledger.step, ended_at=result_record.now_iso(), ended=status,
                  run_s=time.perf_counter() - run_start)
   if saver:
-    save(wait=True)  # the final state, for export and fine-tuning (after run_stop: untimed)
+    # The final state, for `podium export` and fine-tuning; after run_stop: untimed.
+    save(wait=True)
   _close(writer, mllog, task, saver, watch)
   heartbeat(status=checkpointing.FINISHED, ended=status, last_step=ledger.step)
   record_path = _write_record(config, runtime, task, layout, log_path, status, time_to_train,
