@@ -28,6 +28,11 @@ What the checkers print (mlperf-logging 4.1.68), and how it is read:
   or `ERROR -   System description checker failed for X : [reasons]`.
 * Both crash with a traceback on some inputs (a missing rule file, numbers where the system
   JSON wants strings); that becomes an error "checker crashed: ...".
+* package_checker (`check_packages`) also exits 0 either way; it logs per benchmark folder
+  after `Running compliance checks in dir <folder>`: `ERROR - Incorrect number of files ...`,
+  `ERROR - N files do not comply ...`, `ERROR - Seed checker failed ...`, `ERROR - RCP Test
+  Failed: ...`, `WARNING - 1 file does not comply, accepting this under olympic scoring`, and
+  ends with `PACKAGE CHECKER FOUND NO ERRORS, SUCCESS !` or `... FOUND ERRORS ...`.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from pathlib import Path
 
 __all__ = ["RULESETS", "CUSTOM_BASE_RULESET", "RULES_DIR", "CheckResult", "known_rulesets",
            "known_benchmarks", "ruleset_for", "ruleset_for_round", "infer_round", "check_log",
-           "check_system_json", "check_tree", "format_report"]
+           "check_system_json", "check_tree", "check_packages", "format_report",
+           "validate_ruleset"]
 
 # The last MLPerf Training round that held each benchmark podium runs.
 RULESETS = {"resnet": "4.0.0", "bert": "5.0.0"}
@@ -79,7 +85,7 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     output: str = ""
     benchmark: str | None = None
-    kind: str = "log"  # 'log' or 'system'
+    kind: str = "log"  # 'log', 'system' or 'package' (a benchmark folder as a whole)
 
 
 def known_rulesets() -> list[str]:
@@ -307,7 +313,8 @@ def _rules_exist(ruleset: str, benchmark: str) -> bool:
                for name in (f"closed_{benchmark}", f"open_{benchmark}", benchmark))
 
 
-def _validate_ruleset(ruleset: str) -> str:
+def validate_ruleset(ruleset: str) -> str:
+    """`ruleset` if the installed mlperf-logging has it, else ValueError naming those it has."""
     rulesets = known_rulesets()
     if ruleset not in rulesets:
         raise ValueError(f"unknown ruleset {ruleset!r}: the installed mlperf-logging has "
@@ -328,7 +335,7 @@ def check_log(path: str | os.PathLike, *, benchmark: str | None = None,
     path = Path(path)
     shown = str(path)
     if ruleset is not None:
-        _validate_ruleset(ruleset)
+        validate_ruleset(ruleset)
     if not path.is_file():
         return CheckResult(shown, ruleset, False,
                            [f"no such log file: {path}" if not path.exists()
@@ -407,7 +414,7 @@ def check_system_json(path: str | os.PathLike, ruleset: str, *,
     finds errors: the verdict comes from its output)."""
     path = Path(path)
     shown = str(path)
-    _validate_ruleset(ruleset)
+    validate_ruleset(ruleset)
     try:
         json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -482,20 +489,195 @@ def _system_ruleset(json_path: Path, explicit: str | None) -> str:
     return max(candidates, key=lambda r: tuple(int(x) for x in r.split(".")))
 
 
+def _folder_ruleset(folder: Path, explicit: str | None) -> tuple[str | None, str | None]:
+    """(ruleset, why not) for a benchmark folder's package checks: the explicit ruleset,
+    else the round in the path, else the benchmark's."""
+    if explicit is not None:
+        return explicit, None
+    round_ = infer_round(folder)
+    if round_ is not None:
+        try:
+            return ruleset_for_round(round_), None
+        except ValueError:
+            pass
+    try:
+        return ruleset_for(folder.name)[0], None
+    except ValueError as e:
+        return None, str(e)
+
+
+def _mlperf_benchmarks(ruleset: str) -> set[str]:
+    from mlperf_logging.benchmark_meta import get_allowed_benchmarks
+    try:
+        return set(get_allowed_benchmarks("training", ruleset))
+    except ValueError:
+        return set()
+
+
+_PACKAGE_WARNINGS = ("does not comply, accepting", "do not comply, accepting",
+                     "do not conform", "Unknown files in result directory")
+
+
+def check_packages(path: str | os.PathLike, *, ruleset: str | None = None,
+                   log_results: list[CheckResult] | None = None,
+                   timeout: float = DEFAULT_TIMEOUT_S) -> list[CheckResult]:
+    """Package-level checks of every benchmark folder under `path` that sits in the MLPerf
+    layout (<submitter>/results/<system>/<benchmark>/): the number of runs, at most one
+    non-compliant run, unique seeds, and (closed division, rulesets from 1.0.0) the RCP check.
+
+    MLPerf benchmarks get mlperf-logging's `package_checker` with their ruleset. It checks a
+    whole submitter folder with one ruleset, exits 0 whatever it finds and writes scaling.json
+    into the folders it checks, so it runs on a copy holding only the benchmarks of that
+    ruleset, and its output is read per folder. podium's own benchmarks (RegNet, wav2vec2),
+    which it skips, get the same checks from podium: run count (`scoring.required_runs`),
+    compliance of the runs (`log_results`, or the checker run now) and mlperf-logging's
+    seed checker.
+    """
+    path = Path(path)
+    folders = sorted({p.parent for p in path.rglob("result_*.txt") if p.is_file()}
+                     if path.is_dir() else [])
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    out: list[CheckResult] = []
+    by_log = {os.path.abspath(r.path): r for r in (log_results or []) if r.kind == "log"}
+    for folder in folders:
+        parents = folder.resolve().parents
+        if len(parents) < 3 or parents[1].name != "results":
+            continue  # not in the layout: there is no package to check
+        submitter = parents[2]
+        folder_ruleset, why = _folder_ruleset(folder, ruleset)
+        if folder_ruleset is None:
+            out.append(CheckResult(str(folder), None, False, [why], benchmark=folder.name,
+                                   kind="package"))
+            continue
+        if not (submitter / "systems" / f"{folder.parent.name}.json").is_file():
+            out.append(CheckResult(str(folder), folder_ruleset, False,
+                                   [f"no system description systems/{folder.parent.name}.json "
+                                    f"in {submitter}"], benchmark=folder.name, kind="package"))
+            continue
+        if folder.name in _mlperf_benchmarks(folder_ruleset):
+            groups.setdefault((submitter, folder_ruleset), []).append(folder)
+        else:
+            out.append(_podium_package_check(folder, folder_ruleset, by_log, timeout))
+    for (submitter, group_ruleset), members in sorted(groups.items()):
+        out += _run_package_checker(submitter, group_ruleset, members, timeout)
+    order = {str(f): i for i, f in enumerate(folders)}
+    return sorted(out, key=lambda r: order.get(r.path, len(order)))
+
+
+def _run_package_checker(submitter: Path, ruleset: str, folders: list[Path],
+                         timeout: float) -> list[CheckResult]:
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="podium_package_") as tmp:
+        staged = Path(tmp) / submitter.name
+        copies: dict[str, Path] = {}
+        for folder in folders:
+            system = folder.parent.name
+            target = staged / "results" / system / folder.name
+            shutil.copytree(folder, target, symlinks=True)
+            copies[str(target)] = folder
+            (staged / "systems").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(submitter / "systems" / f"{system}.json", staged / "systems")
+            params = folder.parent / "package_checker_params"
+            if params.is_file():
+                shutil.copy2(params, target.parent)
+        code = submitter / "benchmarks"
+        if code.is_dir():  # the seed checker reads the benchmark's sources
+            os.symlink(code, staged / "benchmarks")
+        returncode, output = _run(["mlperf_logging.package_checker", str(staged), "training",
+                                   ruleset], timeout)
+    output = output.replace(str(staged), str(folders[0].parent.parent.parent))  # as given
+    records, crash = _records(output)
+    found: dict[Path, tuple[list[str], list[str]]] = {f: ([], []) for f in folders}
+    current: Path | None = None
+    unplaced: list[str] = []
+    for level, text in records:
+        body = text.strip()
+        if body.startswith("Running compliance checks in dir "):
+            where = body[len("Running compliance checks in dir "):].strip()
+            current = next((f for f in folders if Path(where).resolve() == f.resolve()),
+                           None)
+            continue
+        if level in ("ERROR", "CRITICAL") and body != "FAILED":
+            if "System description" in body:
+                continue  # reported on the system JSON itself (check_system_json)
+            message = " ".join(body.split())
+            if current is None:
+                unplaced.append(message)
+            else:
+                found[current][0].append(message)
+        elif level == "WARNING" and current is not None and any(
+                w in body for w in _PACKAGE_WARNINGS):
+            found[current][1].append(" ".join(body.split()))
+    succeeded = "PACKAGE CHECKER FOUND NO ERRORS" in output
+    results = []
+    for folder in folders:
+        errors, warnings = found[folder]
+        errors = unplaced + errors
+        if crash is not None:
+            errors.append(f"the package checker crashed: {crash}")
+        if returncode is None:
+            errors.append("the package checker timed out")
+        if not succeeded and not errors and "FOUND ERRORS" not in output:
+            errors.append("the package checker gave no verdict; see the output")
+        results.append(CheckResult(str(folder), ruleset, not errors, errors, warnings, output,
+                                   benchmark=folder.name, kind="package"))
+    return results
+
+
+def _podium_package_check(folder: Path, ruleset: str, by_log: dict[str, CheckResult],
+                          timeout: float) -> CheckResult:
+    """package_checker's checks for a benchmark it does not know (podium's own)."""
+    from results import scoring
+    logs = sorted(p for p in folder.glob("result_*.txt") if p.is_file())
+    errors: list[str] = []
+    warnings: list[str] = []
+    need = scoring.required_runs(folder.name)
+    if need is None:
+        errors.append(f"no required run count known for benchmark {folder.name!r}")
+    elif len(logs) != need:
+        errors.append(f"Incorrect number of files in dir {folder}, found {len(logs)}, "
+                      f"expected {need}")
+    failing = []
+    for log in logs:
+        result = by_log.get(os.path.abspath(log))
+        if result is None:
+            result = check_log(log, benchmark=folder.name, ruleset=None, timeout=timeout)
+        if not result.passed:
+            failing.append(log.name)
+    allowed = scoring.max_failed_runs(folder.name)
+    if len(failing) > allowed:
+        errors.append(f"{len(failing)} files do not comply, directory cannot be accepted: "
+                      f"{', '.join(failing)}")
+    elif failing:
+        warnings.append(f"{len(failing)} file does not comply, accepting this under olympic "
+                        f"scoring: {', '.join(failing)}")
+    from mlperf_logging.package_checker.seed_checker import SeedChecker
+    import warnings as warnings_lib
+    with warnings_lib.catch_warnings(record=True) as caught:
+        warnings_lib.simplefilter("always")
+        errors += SeedChecker(CUSTOM_BASE_RULESET)._assert_unique_seed_per_run(
+            [str(p) for p in logs])
+    warnings += [str(w.message) for w in caught]
+    return CheckResult(str(folder), ruleset, not errors, errors, warnings, benchmark=folder.name,
+                       kind="package")
+
+
 def check_tree(path: str | os.PathLike, *, ruleset: str | None = None,
-               timeout: float = DEFAULT_TIMEOUT_S, jobs: int | None = None
-               ) -> list[CheckResult]:
+               timeout: float = DEFAULT_TIMEOUT_S, jobs: int | None = None,
+               package: bool = False) -> list[CheckResult]:
     """Checks every `result_*.txt` and every `systems/*.json` under `path`.
 
     `path` may be one log or system JSON, a benchmark, system, submitter or results folder,
     or a root holding several submitters. Each file gets its ruleset as `check_log` and
     `_system_ruleset` choose, unless `ruleset` is given. Results come system JSONs first,
-    then logs, each in path order. `jobs` checker processes run at once (default: CPUs, at
-    most 8).
+    then logs, each in path order, then (with `package=True`) one package result per
+    benchmark folder (`check_packages`). `jobs` checker processes run at once (default: CPUs,
+    at most 8).
     """
     path = Path(path)
     if ruleset is not None:
-        _validate_ruleset(ruleset)
+        validate_ruleset(ruleset)
     if not path.exists():
         raise FileNotFoundError(f"nothing to check: {path} does not exist")
     if path.is_file():
@@ -515,10 +697,14 @@ def check_tree(path: str | os.PathLike, *, ruleset: str | None = None,
               for p in logs]
     jobs = jobs or min(8, os.cpu_count() or 1)
     if jobs <= 1 or len(tasks) <= 1:
-        return [task() for task in tasks]
-    # Each check is a subprocess: threads are enough to overlap them.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda task: task(), tasks))
+        results = [task() for task in tasks]
+    else:
+        # Each check is a subprocess: threads are enough to overlap them.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(lambda task: task(), tasks))
+    if package:
+        results += check_packages(path, ruleset=ruleset, log_results=results, timeout=timeout)
+    return results
 
 
 def format_report(results: list[CheckResult]) -> str:
@@ -528,7 +714,8 @@ def format_report(results: list[CheckResult]) -> str:
     lines = []
     for r in results:
         verdict = "PASS" if r.passed else "FAIL"
-        line = f"{verdict}  {r.path}  [ruleset {r.ruleset or '?'}]"
+        what = "package, " if r.kind == "package" else ""
+        line = f"{verdict}  {r.path}  [{what}ruleset {r.ruleset or '?'}]"
         if r.errors:
             more = f" (+{len(r.errors) - 1} more)" if len(r.errors) > 1 else ""
             line += f"  {r.errors[0]}{more}"

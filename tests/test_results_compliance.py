@@ -38,6 +38,18 @@ def test_published_v07_logs_pass_their_round():
     assert {r.benchmark for r in results if r.kind == "log"} == {"resnet", "bert"}
 
 
+def test_published_v07_packages_pass_the_package_checker():
+    """package=True adds one result per benchmark folder from mlperf-logging's
+    package_checker (run counts, compliance), read from its output."""
+    results = check_tree(V07, package=True)
+    packages = [r for r in results if r.kind == "package"]
+    assert len(results) == 18 and all(r.passed for r in results), format_report(results)
+    assert [(Path(r.path).name, r.ruleset) for r in packages] == [("bert", "0.7.0"),
+                                                                   ("resnet", "0.7.0")]
+    assert "PACKAGE CHECKER FOUND NO ERRORS" in packages[0].output
+    assert "[package, ruleset 0.7.0]" in format_report(packages)
+
+
 def test_v07_log_fails_the_last_resnet_ruleset():
     log = GOOGLE_V07 / "results" / "tpu-v3-8192-JAX" / "resnet" / "result_0.txt"
     result = check_log(log, ruleset="4.0.0")
@@ -69,8 +81,9 @@ def test_unknown_benchmark_is_a_failing_result(tmp_path):
     (result,) = check_tree(tmp_path)
     assert not result.passed
     assert result.errors == ["no compliance rules for benchmark 'imagenet_toy': known "
-                             "benchmarks are ['bert', 'resnet']; for another MLPerf benchmark "
-                             "pass its ruleset"]
+                             f"benchmarks are {compliance.known_benchmarks()}; for another "
+                             "MLPerf benchmark pass its ruleset"]
+    assert compliance.known_benchmarks()[:2] == ["bert", "resnet"]
     no_benchmark = tmp_path / "plain.txt"
     no_benchmark.write_text("hello\n")
     assert "no submission_benchmark line" in check_log(no_benchmark).errors[0]
@@ -172,3 +185,103 @@ def test_checker_crash_is_a_failing_result(tmp_path):
     assert result.errors == ["the compliance checker crashed: TypeError: '>=' not supported "
                              "between instances of 'str' and 'float'"]
     assert "Traceback" in result.output
+
+
+def _package(tmp_path, seeds=(0, 1, 2, 3, 4), broken=()):
+    """ExampleOrg's closed ResNet package at batch 4096 (RCP passes), runs in `broken`
+    failing compliance."""
+    from test_results_score import write_run, write_system
+    org = tmp_path / "ExampleOrg"
+    write_system(org)
+    folder = org / "results" / "tpu-v5p-64" / "resnet"
+    for i, seed in enumerate(seeds):
+        write_run(folder / f"result_{i}.txt", seed=seed, minutes=10 + i,
+                  break_key="lars_epsilon" if i in broken else None)
+    return org, folder
+
+
+def podium_check(*args, cwd):
+    from test_results_score import podium_cli
+    return podium_cli("check", *map(str, args), cwd=cwd)
+
+
+def test_podium_check_passes_a_good_package_and_fails_a_broken_log(tmp_path):
+    org, folder = _package(tmp_path)
+    ok = podium_check(org, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.splitlines()[-1] == "7 passed, 0 failed"  # system JSON, 5 logs, package
+    assert f"PASS  {folder}  [package, ruleset 4.0.0]" in ok.stdout
+
+    lines = (folder / "result_2.txt").read_text().splitlines()
+    lines[5] = lines[5][:40]  # a line cut short, as by a crash mid-write
+    (folder / "result_2.txt").write_text("\n".join(lines) + "\n")
+    broken = podium_check(org, cwd=tmp_path)
+    assert broken.returncode == 1
+    log_fail, package_fail = [l for l in broken.stdout.splitlines() if l.startswith("FAIL")]
+    assert log_fail.startswith(f"FAIL  {folder / 'result_2.txt'}  [ruleset 4.0.0]  unparsable "
+                               "line at result_2.txt:6:")
+    # The seed checker cannot read that log either, which fails the package.
+    assert package_fail.startswith(f"FAIL  {folder}  [package, ruleset 4.0.0]  Seed checker "
+                                   "failed")
+
+
+def test_one_non_compliant_run_is_accepted_by_the_package_checker(tmp_path):
+    org, folder = _package(tmp_path, broken=(3,))
+    results = check_tree(org, package=True)
+    assert [r.passed for r in results if r.kind == "log"] == [True, True, True, False, True]
+    (package,) = [r for r in results if r.kind == "package"]
+    assert package.passed and package.warnings == [
+        "1 file does not comply, accepting this under olympic scoring"]
+
+
+def test_package_errors_run_count_and_seeds(tmp_path):
+    org, folder = _package(tmp_path, seeds=(0, 1, 1), broken=(0,))
+    (package,) = [r for r in check_tree(org, package=True) if r.kind == "package"]
+    assert not package.passed
+    assert package.errors[0] == (f"Incorrect number of files in dir, or wrong file names in "
+                                 f"directory {folder}, found 3, expected 5")
+    assert any("already logs the same seed" in e for e in package.errors), package.errors
+    # --no-package: the logs alone (one of them broken).
+    out = podium_check(org, "--no-package", cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout.splitlines()[-1] == "3 passed, 1 failed"
+    assert "[package" not in out.stdout
+
+
+def test_podium_package_checks_for_own_benchmarks(tmp_path, monkeypatch):
+    """A benchmark with a podium rule file (which package_checker would skip) gets podium's
+    package checks: run count, non-compliant runs, mlperf-logging's seed checker."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "wav2vec2.yaml").write_text(
+        "- KEY:\n"
+        "    NAME:  submission_benchmark\n"
+        "    REQ:   EXACTLY_ONE\n")
+    monkeypatch.setattr(compliance, "RULES_DIR", rules)
+    from test_results_score import write_system
+    org = tmp_path / "podium"
+    write_system(org, system="cpu-x1")
+    folder = org / "results" / "cpu-x1" / "wav2vec2_base"
+    folder.mkdir(parents=True)
+    for i, seed in enumerate((5, 5)):
+        (folder / f"result_{i}.txt").write_text(
+            ':::MLLOG {"namespace": "", "time_ms": 1, "event_type": "POINT_IN_TIME", '
+            '"key": "submission_benchmark", "value": "wav2vec2_base", "metadata": {}}\n'
+            ':::MLLOG {"namespace": "", "time_ms": 2, "event_type": "POINT_IN_TIME", "key": '
+            f'"seed", "value": {seed}, "metadata": {{"file": "train.py", "lineno": 3}}}}\n')
+    results = check_tree(org, package=True)
+    (package,) = [r for r in results if r.kind == "package"]
+    assert [r.passed for r in results if r.kind == "log"] == [True, True]
+    assert (package.ruleset, package.passed) == ("5.0.0", False)
+    assert package.errors[0] == (f"Incorrect number of files in dir {folder}, found 2, "
+                                 "expected 10")
+    assert "already logs the same seed on the same line" in package.errors[1]
+
+
+@pytest.mark.parametrize("rule_file", sorted(compliance.RULES_DIR.glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_podium_rule_files_are_picked_up(rule_file):
+    """Every rule file in results/rules/ (RegNet, wav2vec2, ...) is what podium checks that
+    benchmark's logs with."""
+    assert compliance.ruleset_for(rule_file.stem) == (compliance.CUSTOM_BASE_RULESET,
+                                                      str(rule_file))
+    assert rule_file.stem in compliance.known_benchmarks()
