@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # simulated host devices so sharding code is exercised on one CPU.
 TEST_ENV := JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
 PYTEST_WORKERS ?= 2
+BENCH_MODELS ?= resnet50
 
 .PHONY: run test test-all lint bench clean setup aot
 
@@ -37,6 +38,11 @@ aot: $(STAMP)
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('libtpu') is None)" \
 	  || $(PY) -m pip install --quiet -e '.[tpu]'
 	JAX_PLATFORMS=cpu $(VENV)/bin/podium compile --all
+
+# Train-step throughput of each model beside PyTorch (eager and torch.compile) on this
+# device, and the input pipelines per core: bench/bench.md, bench.json, bench.png.
+bench: $(STAMP)
+	$(VENV)/bin/podium bench --models $(BENCH_MODELS) --out bench
 
 lint: $(STAMP)
 	$(PY) -m compileall -q benchmarks models input_pipelines launch results tests
