@@ -41,6 +41,23 @@ RULES = {
         ('mlp', 'fsdp'),
         ('vocab', 'fsdp'),
     ),
+    # Megatron style: attention split by head, the MLP by its hidden units, the vocabulary
+    # (embedding rows, logits) over `tensor`; GSPMD adds the all-reduces after each block.
+    'tensor_parallel': (
+        ('batch', BATCH_AXES),
+        ('heads', 'tensor'),
+        ('mlp', 'tensor'),
+        ('vocab', 'tensor'),
+    ),
+    # Both: tensor parallelism inside, the remaining model dimension over `fsdp` (ZeRO-3).
+    'fsdp_tensor_parallel': (
+        ('batch', BATCH_AXES),
+        ('heads', 'tensor'),
+        ('mlp', 'tensor'),
+        ('vocab', 'tensor'),
+        ('embed', 'fsdp'),
+        ('conv_out', 'fsdp'),
+    ),
 }
 
 
@@ -85,6 +102,9 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def _on_multihost_tpu_vm() -> bool:
+  # Multi-slice (GKE/xpk) sets the megascale coordinator even when each slice has one host.
+  if os.environ.get('MEGASCALE_COORDINATOR_ADDRESS'):
+    return True
   # libtpu may leave a warning sentence in this variable on machines that are not TPU VMs.
   hosts = [h.strip() for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]
   return len(hosts) > 1 and all(' ' not in h for h in hosts)

@@ -37,6 +37,7 @@ def test_local_batch_names_the_multiple_that_works():
 
 
 def test_multihost_detection_ignores_libtpu_warnings(monkeypatch):
+  monkeypatch.delenv('MEGASCALE_COORDINATOR_ADDRESS', raising=False)
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'WARNING: could not determine TPU worker hostnames, '
                      'please set env var `TPU_WORKER_HOSTNAMES` manually')
   assert not runtime_lib._on_multihost_tpu_vm()
@@ -44,6 +45,9 @@ def test_multihost_detection_ignores_libtpu_warnings(monkeypatch):
   assert runtime_lib._on_multihost_tpu_vm()
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 't1v-n-0')
   assert not runtime_lib._on_multihost_tpu_vm()
+  # Multi-slice of single-host slices (e.g. 2x v5litepod-8 on GKE): still one job.
+  monkeypatch.setenv('MEGASCALE_COORDINATOR_ADDRESS', 'job-slice-0-0.job:8080')
+  assert runtime_lib._on_multihost_tpu_vm()
 
 
 def test_absent_tpu_is_skipped_only_when_libtpu_is_installed(monkeypatch):
