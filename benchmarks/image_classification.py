@@ -1,14 +1,16 @@
-"""Image classification on the ImageNet input: the Task that ResNet (and RegNet) share.
+"""Image classification on the ImageNet input: the Task that ResNet and RegNet share.
 
 The model is the only thing a benchmark swaps: everything else here (input, label-smoothed
 cross-entropy, top-1 over every eval example exactly once, LARS or SGD with the MLPerf
 polynomial schedule, blocks of epochs between evals) follows the MLPerf ResNet rules.
+`optimizer.schedule='cosine'` gives SGD pycls's per-epoch cosine with warmup instead
+(RegNet's recipes).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +51,58 @@ def base_config() -> ml_collections.ConfigDict:
       optimizer=dict(
           name='lars', base_learning_rate=1.0, end_learning_rate=1e-4, warmup_epochs=5.0,
           decay_steps=0, poly_power=2.0, momentum=0.9, weight_decay=1e-4, epsilon=0.0,
-          trust_coefficient=0.001, nesterov=False),
+          trust_coefficient=0.001, nesterov=False,
+          # 'polynomial': MLPerf's warmup from 0 + polynomial decay (end_learning_rate,
+          # decay_steps, poly_power). 'cosine' (SGD only): pycls's per-epoch cosine over
+          # train.max_epochs, its warmup starting at warmup_factor x the base rate.
+          schedule='polynomial', warmup_factor=0.0,
+          # SGD only: weight decay on BatchNorm parameters and biases too (pycls), not only
+          # on kernels (MLPerf).
+          decay_all_parameters=False),
   ))
   return config
+
+
+def named_model_factory(configs: Mapping[str, Any], build: Callable[..., nnx.Module]
+                        ) -> ModelFactory:
+  """The factory of `model.name` among `configs`, made by `build(name, num_classes=, dtype=,
+  rngs=)` (`models.resnet.resnet`, `models.regnet.regnet`)."""
+  def create(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    if model_config.name not in configs:
+      raise ConfigError(f'model.name={model_config.name!r}; valid: {", ".join(configs)}')
+    return build(model_config.name, num_classes=model_config.num_classes,
+                 dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+  return create
+
+
+def digits_config(model_name: str, *, image_size: int = 16) -> ml_collections.ConfigDict:
+  """A CPU recipe's start: `model_name` in float32 on scikit-learn's real handwritten digits
+  as ImageNet TFRecords, to top-1 0.95; the recipe adds its optimizer and length.
+
+  `data.prepare='digits'` writes them to `data.dir` when the run starts: 1,500 train and a
+  fixed 297 held out, 10 classes, grayscale JPEGs upscaled to `image_size` (twice the native
+  8x8 at 16). Crops keep at least 60% of the area and flips are off: digits are not
+  mirror-symmetric. Batch 64, eval every 4 epochs from epoch 2 (2, 6, 10, ...).
+  """
+  config = base_config()
+  config.log_every_steps = 10
+  config.model.update(name=model_name, num_classes=10, dtype='float32')
+  config.data.update(dir='data/digits' if image_size == 16 else f'data/digits{image_size}',
+                     prepare='digits', train_examples=1500, eval_examples=297,
+                     image_size=image_size, eval_resize=image_size,
+                     crop_area_min=0.6, random_flip=False, shuffle_buffer=2048)
+  config.train.update(global_batch_size=64, eval_batch_size=128, eval_every_epochs=4,
+                      eval_offset_epochs=2, target_accuracy=0.95)
+  return config
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> None:
+  """Writes the data set a recipe asks for with `data.prepare` ('digits'), if any."""
+  if config.data.prepare == 'digits':
+    from input_pipelines import digits
+    digits.write_digits(config.data.dir, image_size=config.data.image_size)
+  elif config.data.prepare:
+    raise ConfigError(f'data.prepare={config.data.prepare!r}; valid: digits, or empty')
 
 
 class ImageClassificationTask(Task):
@@ -60,11 +111,14 @@ class ImageClassificationTask(Task):
   quality_name = 'top1'
   progress_unit = 'epoch'
 
-  def __init__(self, config, runtime, model_factory: ModelFactory, *, mlperf_benchmark: str):
+  def __init__(self, config, runtime, model_factory: ModelFactory, *, mlperf_benchmark: str,
+               extra_hyperparameters: Mapping[str, Any] | None = None):
+    """`extra_hyperparameters` are logged beside the optimizer's (e.g. which model)."""
     self.config = config
     self.runtime = runtime
     self.model_factory = model_factory
     self.mlperf_benchmark = mlperf_benchmark
+    self.extra_hyperparameters = dict(extra_hyperparameters or {})
     train = config.train
     self.global_batch_size = train.global_batch_size
     self.local_batch_size = runtime.local_batch_size(train.global_batch_size)
@@ -123,6 +177,22 @@ class ImageClassificationTask(Task):
 
   def _learning_rate_schedule(self):
     opt = self.config.optimizer
+    if opt.name == 'lars' and (opt.schedule != 'polynomial' or opt.decay_all_parameters):
+      raise ConfigError(f'optimizer.name=lars takes MLPerf\'s polynomial schedule and decays '
+                        f'kernels only (optimizer.schedule={opt.schedule!r}, '
+                        f'optimizer.decay_all_parameters={opt.decay_all_parameters}); '
+                        'use optimizer.name=sgd for the others')
+    if opt.schedule == 'cosine':
+      max_epochs = self.config.train.max_epochs
+      return optimizers.warmup_cosine_by_epoch(
+          base_lr=opt.base_learning_rate, total_epochs=max_epochs,
+          warmup_epochs=opt.warmup_epochs, warmup_factor=opt.warmup_factor,
+          epoch_starts=[self._epoch_step(e) for e in range(1, max_epochs + 1)])
+    if opt.schedule != 'polynomial':
+      raise ConfigError(f'optimizer.schedule={opt.schedule!r}; valid: polynomial, cosine')
+    if opt.warmup_factor:
+      raise ConfigError(f'optimizer.warmup_factor={opt.warmup_factor}: the polynomial schedule '
+                        'warms up from 0 (MLPerf); warmup_factor is for the cosine schedule')
     warmup = self._epoch_step(opt.warmup_epochs)
     decay = opt.decay_steps or max(self.total_steps - warmup, 1)
     return optimizers.warmup_polynomial_decay(
@@ -140,7 +210,8 @@ class ImageClassificationTask(Task):
                              nesterov=opt.nesterov)
     if opt.name == 'sgd':
       return optimizers.sgd_momentum(self._schedule, momentum=opt.momentum,
-                                     weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+                                     weight_decay=opt.weight_decay, nesterov=opt.nesterov,
+                                     decay_all_parameters=opt.decay_all_parameters)
     raise ConfigError(f'optimizer.name={opt.name!r}; valid: lars, sgd')
 
   def loss(self, model, batch, rng):
@@ -185,6 +256,9 @@ class ImageClassificationTask(Task):
     return blocks
 
   def hyperparameters(self):
+    return {**self._optimizer_hyperparameters(), **self.extra_hyperparameters}
+
+  def _optimizer_hyperparameters(self):
     opt, train = self.config.optimizer, self.config.train
     warmup_steps = self._epoch_step(opt.warmup_epochs)
     decay_steps = opt.decay_steps or max(self.total_steps - warmup_steps, 1)
@@ -201,6 +275,21 @@ class ImageClassificationTask(Task):
           C.LARS_OPT_WEIGHT_DECAY: opt.weight_decay,
           # BatchNorm statistics are taken over the whole global batch (GSPMD makes the
           # batch mean global), so that is the span.
+          C.MODEL_BN_SPAN: self.global_batch_size,
+          'label_smoothing': train.label_smoothing,
+      }
+    if opt.schedule == 'cosine':
+      return {
+          C.OPT_NAME: C.SGD,
+          'sgd_opt_base_learning_rate': opt.base_learning_rate,
+          'sgd_opt_momentum': opt.momentum,
+          'sgd_opt_nesterov': opt.nesterov,
+          'sgd_opt_weight_decay': opt.weight_decay,
+          'sgd_opt_weight_decay_bn_and_bias': opt.decay_all_parameters,
+          C.OPT_LR_DECAY_SCHEDULE: 'cosine',
+          'opt_learning_rate_decay_epochs': train.max_epochs,
+          C.OPT_LR_WARMUP_EPOCHS: opt.warmup_epochs,
+          C.OPT_LR_WARMUP_FACTOR: opt.warmup_factor,
           C.MODEL_BN_SPAN: self.global_batch_size,
           'label_smoothing': train.label_smoothing,
       }

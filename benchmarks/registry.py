@@ -19,7 +19,11 @@ from benchmarks.config import ConfigError, apply_overrides
 # Benchmark name -> the module that defines it (imported lazily: importing a benchmark pulls
 # in its model and input pipeline).
 BENCHMARK_MODULES = {
+    'bert': 'benchmarks.bert',
     'resnet50': 'benchmarks.resnet50',
+    'regnet': 'benchmarks.regnet',
+    'wav2vec2_ctc': 'benchmarks.wav2vec2',
+    'wav2vec2_pretrain': 'benchmarks.wav2vec2',
 }
 
 _RECIPES: dict[str, dict[str, 'Recipe']] = {}

@@ -5,31 +5,21 @@ from __future__ import annotations
 
 import math
 
-import jax.numpy as jnp
 from mlperf_logging.mllog import constants as C
 
 from benchmarks import image_classification
-from benchmarks.config import ConfigError
 from benchmarks.registry import recipe
 from models import resnet as resnet_models
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
-def create_resnet(model_config, rngs):
-  if model_config.name not in resnet_models.RESNET_CONFIGS:
-    raise ConfigError(f'model.name={model_config.name!r}; valid: '
-                      f'{", ".join(resnet_models.RESNET_CONFIGS)}')
-  return resnet_models.resnet(model_config.name, num_classes=model_config.num_classes,
-                              dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+create_resnet = image_classification.named_model_factory(resnet_models.RESNET_CONFIGS,
+                                                        resnet_models.resnet)
 
 
 def build_task(config, runtime):
-  if config.data.prepare == 'digits':
-    from input_pipelines import digits
-    digits.write_digits(config.data.dir, image_size=config.data.image_size)
-  elif config.data.prepare:
-    raise ConfigError(f'data.prepare={config.data.prepare!r}; valid: digits, or empty')
+  image_classification.prepare_data(config)
   return image_classification.ImageClassificationTask(
       config, runtime, create_resnet, mlperf_benchmark=C.RESNET)
 
@@ -47,14 +37,8 @@ def digits_cpu():
   Hardware: one CPU (2 cores suffice). Expected: top-1 >= 0.95 on the held-out 297 images
   within 20 epochs, about a minute of training on 2 cores.
   """
-  config = image_classification.base_config()
-  config.log_every_steps = 10
-  config.model.update(name='resnet_tiny', num_classes=10, dtype='float32')
-  config.data.update(dir='data/digits', prepare='digits', train_examples=1500, eval_examples=297,
-                     image_size=16, eval_resize=16,
-                     crop_area_min=0.6, random_flip=False, shuffle_buffer=2048)
-  config.train.update(global_batch_size=64, eval_batch_size=128, max_epochs=40,
-                      eval_every_epochs=4, eval_offset_epochs=2, target_accuracy=0.95)
+  config = image_classification.digits_config('resnet_tiny', image_size=16)
+  config.train.max_epochs = 40
   config.optimizer.update(base_learning_rate=2.0, warmup_epochs=2.0, momentum=0.9,
                           weight_decay=1e-4)
   return config

@@ -2,8 +2,14 @@
 
   podium recipes [BENCHMARK] [-v]                 list registered recipes
   podium run BENCHMARK --recipe NAME [--set k=v]  one timed run: MLPerf log + result record
-  podium check PATH [--ruleset R]                 mlperf-logging compliance of logs / a tree
+  podium check PATH [--ruleset R]                 compliance of logs, system JSONs, packages
+  podium score PATH [--ruleset R]                 per-run time-to-train and the MLPerf score
+  podium compare A B ... [--png P] [--html H]     runs and submissions side by side
   podium compile BENCHMARK --recipe R | --all     ahead-of-time compile for a TPU topology: fit, FLOPs
+  podium export RUN_DIR --out DIR                 a trained model as a TensorFlow SavedModel
+  podium bench [--models M,...]                   train-step throughput beside PyTorch; input pipelines
+  podium models regnet [NAME ...]                 parameters and multiply-adds of named models
+  podium launch tpu-vm ACTION NAME ... | gke ...  a Cloud TPU pod from nothing to results (gcloud, xpk)
 
 JAX is imported only by the commands that need it, after XLA flags are set.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -68,12 +75,16 @@ def cmd_run(args) -> int:
   return 0 if result.status == 'success' else 1
 
 
+def _plural(unit: str) -> str:
+  return unit if unit.endswith('s') else unit + 's'   # 'epochs', but 'samples'
+
+
 def summary(result, task) -> str:
   reached = 'reached' if result.status == 'success' else 'did NOT reach'
   ttt = f'{result.time_to_train_s:.1f} s' if result.time_to_train_s is not None else 'n/a'
   lines = [
       f'{reached} the target {task.quality_name} >= {result.target}: '
-      f'{task.quality_name} {result.quality:.4f} after {result.progress:g} {task.progress_unit}s',
+      f'{task.quality_name} {result.quality:.4f} after {result.progress:g} {_plural(task.progress_unit)}',
       f'  time to train   {ttt}   (init {result.init_s:.1f} s, not timed)',
       f'  throughput      {result.examples_per_s:,.0f} examples/s' if result.examples_per_s else '',
       f'  MLPerf log      {result.log_path}',
@@ -82,11 +93,92 @@ def summary(result, task) -> str:
   return '\n'.join(line for line in lines if line)
 
 
+def _results_command(fn):
+  """check/score/compare: results/ only (no JAX); a bad path or ruleset is one line, exit 2."""
+  def run(args) -> int:
+    try:
+      return fn(args)
+    except (FileNotFoundError, ValueError) as error:
+      print(f'podium: error: {error}', file=sys.stderr)
+      return 2
+  run.__doc__ = fn.__doc__
+  return run
+
+
+@_results_command
 def cmd_check(args) -> int:
+  """Exit status 0 only if every log, system JSON and (unless --no-package) package passes."""
   from results import compliance
-  results = compliance.check_tree(args.path, ruleset=args.ruleset)
+  results = compliance.check_tree(args.path, ruleset=args.ruleset, package=not args.no_package)
   print(compliance.format_report(results))
   return 0 if results and all(r.passed for r in results) else 1
+
+
+@_results_command
+def cmd_score(args) -> int:
+  """Exit status 0 only if every benchmark folder has a valid MLPerf score."""
+  from results import scoring
+  scores = scoring.score_tree(args.path, ruleset=args.ruleset, check=not args.no_check)
+  print(scoring.format_scores(scores), end='')
+  return 0 if scores and all(s.valid for s in scores) else 1
+
+
+@_results_command
+def cmd_compare(args) -> int:
+  """Exit status 0 once the table (and the PNG/HTML asked for) is written: verdicts are in it."""
+  from results import compare
+  entries = compare.load(args.sources, ruleset=args.ruleset, check=not args.no_check)
+  print(compare.format_table(entries), end='')
+  png = None
+  if args.png:
+    png = compare.plot_curves(entries, args.png)
+    print(f'convergence curves: {args.png}')
+  if args.html:
+    compare.html_report(entries, args.html, png)
+    print(f'HTML report: {args.html}')
+  return 0
+
+
+def cmd_models(args) -> int:
+  """Parameters (counted in the NNX model) and multiply-adds of a family's named models."""
+  from launch import xla_flags
+  xla_flags.skip_absent_tpu()
+  from models import regnet  # the one family with a catalogue so far
+  try:
+    for line in regnet.describe(args.names or None, image_size=args.image_size,
+                                num_classes=args.num_classes):
+      print(line, flush=True)
+  except ValueError as error:
+    print(f'podium: error: {error}', file=sys.stderr)
+    return 2
+  return 0
+
+
+def cmd_export(args) -> int:
+  """A trained run's model as a TensorFlow SavedModel (benchmarks/export.py)."""
+  from launch import xla_flags
+  xla_flags.configure()
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # converting needs no accelerator
+  from benchmarks import export
+  path = export.export_savedmodel(args.run_dir, args.out, step=args.step)
+  print(f'SavedModel: {path} (signatures: serving_default = classify, feature_vector)')
+  return 0
+
+
+def cmd_bench(args) -> int:
+  """Throughput of podium's train steps beside PyTorch's, and of the input pipelines."""
+  from launch import xla_flags
+  xla_flags.configure()
+  xla_flags.skip_absent_tpu()
+  from benchmarks import bench
+  torch_modes = {'none': (), 'eager': ('eager',), 'both': ('eager', 'compile')}[args.torch]
+  results = bench.run(args.models.split(','), batch=args.batch, dtype=args.dtype,
+                      steps=args.steps, warmup=args.warmup, out_dir=args.out,
+                      torch_modes=torch_modes, pipelines=not args.no_pipelines,
+                      quick=args.quick)
+  print(bench.markdown(results), end='')
+  print(f'written: {args.out}/bench.json, bench.md, bench.png')
+  return 0
 
 
 def cmd_compile(args) -> int:
@@ -119,6 +211,12 @@ def cmd_compile(args) -> int:
   return aot.exit_code(reports)
 
 
+def cmd_launch(args) -> int:
+  """Cloud TPU VMs and GKE through gcloud and xpk (launch/launcher.py); never imports JAX."""
+  from launch import launcher
+  return launcher.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='podium', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -142,10 +240,39 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--process_id', type=int, default=None)
   p.set_defaults(fn=cmd_run)
 
-  p = sub.add_parser('check', help='mlperf-logging compliance of a log, or of every log in a tree')
+  p = sub.add_parser('check', help='mlperf-logging compliance of a log, or of every log, system '
+                     'JSON and benchmark folder (package checks) in a tree')
   p.add_argument('path')
   p.add_argument('--ruleset', default=None, help='override the inferred ruleset, e.g. 4.0.0')
+  p.add_argument('--no-package', action='store_true',
+                 help='skip the package checks (run counts, seeds, RCP) of benchmark folders')
   p.set_defaults(fn=cmd_check)
+
+  p = sub.add_parser('score', help='per-run time-to-train and the olympic-mean MLPerf score of '
+                     'every benchmark folder in a tree, with the RCP check')
+  p.add_argument('path')
+  p.add_argument('--ruleset', default=None, help='override the inferred ruleset, e.g. 4.0.0')
+  p.add_argument('--no-check', action='store_true',
+                 help='do not run the compliance checker (no run is dropped for compliance)')
+  p.set_defaults(fn=cmd_score)
+
+  p = sub.add_parser('compare', help='submitter trees, system or benchmark folders, or single '
+                     'runs side by side: table, convergence curves (PNG), HTML report')
+  p.add_argument('sources', nargs='+', metavar='PATH')
+  p.add_argument('--png', default=None, help='write the convergence curves to this PNG file')
+  p.add_argument('--html', default=None,
+                 help='write one self-contained HTML report (table and curves) to this file')
+  p.add_argument('--ruleset', default=None, help='override the inferred ruleset, e.g. 4.0.0')
+  p.add_argument('--no-check', action='store_true', help='do not run the compliance checker')
+  p.set_defaults(fn=cmd_compare)
+
+  p = sub.add_parser('models', help='parameters and multiply-adds (FLOPs as pycls counts them) '
+                     'of every named model of a family')
+  p.add_argument('family', choices=['regnet'])
+  p.add_argument('names', nargs='*', metavar='NAME', help='only these models (default: all)')
+  p.add_argument('--image_size', type=int, default=224)
+  p.add_argument('--num_classes', type=int, default=1000)
+  p.set_defaults(fn=cmd_models)
 
   p = sub.add_parser('compile', help="compile a recipe's train step for its TPU slice on this "
                      'machine: HBM per chip, FLOPs, collectives (needs the tpu extra)')
@@ -159,12 +286,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--set', action='append', metavar='KEY=VALUE',
                  help='override a recipe field, e.g. --set train.global_batch_size=8192')
   p.set_defaults(fn=cmd_compile)
+  p = sub.add_parser('bench', help="train-step throughput, MFU and memory of podium's models "
+                     'beside PyTorch on this device, and the input pipelines per core')
+  p.add_argument('--models', default='resnet50', help='comma-separated: resnet50, ...')
+  p.add_argument('--batch', type=int, default=None, help='default: 8 on a CPU, 256 on an accelerator')
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--steps', type=int, default=5, help='timed steps (the median is reported)')
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--torch', default='both', choices=['none', 'eager', 'both'],
+                 help='PyTorch modes to measure beside podium (both: eager and torch.compile)')
+  p.add_argument('--no_pipelines', action='store_true', help='skip the input pipelines')
+  p.add_argument('--quick', action='store_true', help='small inputs: checks the machinery only')
+  p.add_argument('--out', default='bench')
+  p.set_defaults(fn=cmd_bench)
+
+  p = sub.add_parser('export', help="a trained run's model as a TensorFlow SavedModel "
+                     '(TF Hub style: serving and feature-vector signatures, trainable)')
+  p.add_argument('run_dir', help='runs/<benchmark>/<system>/result_<i> of a finished run')
+  p.add_argument('--format', default='savedmodel', choices=['savedmodel'])
+  p.add_argument('--out', required=True, help='a new (or empty) folder for the SavedModel')
+  p.add_argument('--step', type=int, default=None, help='a checkpoint step (default: the last)')
+  p.set_defaults(fn=cmd_export)
+
+  p = sub.add_parser('launch', help='a Cloud TPU VM slice or GKE cluster from nothing to results: '
+                     'create, setup, preflight, run, fetch, delete (gcloud, xpk)')
+  from launch import launcher
+  launcher.add_arguments(p)
+  p.set_defaults(fn=cmd_launch)
   return parser
 
 
 def main(argv=None) -> int:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   args = build_parser().parse_args(argv)
+  from benchmarks.checkpointing import RunInterrupted  # no JAX: safe for every command
   try:
     return args.fn(args)
   except _user_errors() as error:
@@ -173,6 +328,11 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     print('podium: interrupted', file=sys.stderr)
     return 130
+  except RunInterrupted as error:
+    # A preemption notice: the checkpoint is saved; exit as a SIGTERM'd process would, so
+    # a supervisor (GKE, a restart loop) knows to run the command again.
+    print(f'podium: {error}', file=sys.stderr)
+    return 128 + signal.SIGTERM
 
 
 if __name__ == '__main__':

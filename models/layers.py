@@ -53,6 +53,7 @@ def conv(
     *,
     strides: int | Sequence[int] = 1,
     padding: str | Sequence[tuple[int, int]] | None = None,
+    feature_group_count: int = 1,
     use_bias: bool = False,
     kernel_init: nnx.Initializer = he_normal_fan_out,
     dtype: jnp.dtype | None = None,
@@ -64,7 +65,9 @@ def conv(
   """An N-d convolution whose kernel is named ``(None, ..., axes[0], axes[1])``.
 
   ``padding=None`` means :func:`symmetric_padding`. Convolutions have no bias by default
-  because a BatchNorm follows them.
+  because a BatchNorm follows them. ``feature_group_count=g`` splits the channels into ``g``
+  groups (ResNeXt, RegNet); the kernel is then ``(..., in_features // g, out_features)``, as
+  PyTorch's ``(out, in // g, ...)`` transposed.
   """
   if isinstance(kernel_size, int):
     kernel_size = (kernel_size, kernel_size)
@@ -76,6 +79,7 @@ def conv(
       kernel_size,
       strides=strides,
       padding=symmetric_padding(kernel_size) if padding is None else padding,
+      feature_group_count=feature_group_count,
       use_bias=use_bias,
       kernel_init=nnx.with_partitioning(kernel_init, spatial + tuple(axes)),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
@@ -143,3 +147,143 @@ def batch_norm(
   bn.mean.set_metadata(out_sharding=(axis,))
   bn.var.set_metadata(out_sharding=(axis,))
   return bn
+
+
+def embedding(
+    num_embeddings: int,
+    features: int,
+    *,
+    axes: tuple[str | None, str | None],
+    embedding_init: nnx.Initializer = nnx.initializers.normal(0.02),
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Embed:
+  """A lookup table ``(num_embeddings, features)`` named ``axes``.
+
+  ``Embed.attend`` reuses the table as an output projection (tied input and output
+  embeddings, as in BERT's masked-LM head).
+  """
+  return nnx.Embed(
+      num_embeddings,
+      features,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      embedding_init=nnx.with_partitioning(embedding_init, tuple(axes)),
+      rngs=rngs,
+  )
+
+
+def layer_norm(
+    num_features: int,
+    *,
+    epsilon: float = 1e-12,
+    param_dtype: jnp.dtype = jnp.float32,
+    axis: str | None = 'embed',
+    rngs: nnx.Rngs,
+) -> nnx.LayerNorm:
+  """LayerNorm over the last axis, computing in float32; scale and bias named ``(axis,)``.
+
+  The default epsilon is BERT's (TF1 ``layer_norm`` and Hugging Face both use 1e-12).
+  """
+  return nnx.LayerNorm(
+      num_features,
+      epsilon=epsilon,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis,)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,)),
+      rngs=rngs,
+  )
+
+
+def einsum_dense(
+    einsum: str,
+    kernel_shape: Sequence[int],
+    bias_shape: Sequence[int] | None,
+    *,
+    kernel_axes: LogicalNames,
+    bias_axes: LogicalNames | None = None,
+    kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    precision: jax.lax.PrecisionLike = None,
+    rngs: nnx.Rngs,
+) -> nnx.Einsum:
+  """A dense layer over several axes at once, e.g. ``'bsd,dnh->bsnh'`` for attention heads.
+
+  Keeping heads as their own kernel axis (``('embed', 'heads', 'kv')``) is what lets a
+  tensor-parallel rule split attention by head without reshapes in the model.
+  """
+  if len(kernel_axes) != len(kernel_shape):
+    raise ValueError(f'einsum_dense: {len(kernel_axes)} kernel axis names {tuple(kernel_axes)} '
+                     f'for a kernel of shape {tuple(kernel_shape)}')
+  if bias_shape is not None and (bias_axes is None or len(bias_axes) != len(bias_shape)):
+    raise ValueError(f'einsum_dense: bias of shape {tuple(bias_shape)} needs one axis name per '
+                     f'dimension, got {bias_axes}')
+  return nnx.Einsum(
+      einsum,
+      tuple(kernel_shape),
+      None if bias_shape is None else tuple(bias_shape),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      kernel_init=nnx.with_partitioning(kernel_init, tuple(kernel_axes)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), tuple(bias_axes or ())),
+      rngs=rngs,
+  )
+
+
+class SqueezeExcite(nnx.Module):
+  """Squeeze-and-excitation (Hu et al. 2018): ``x * sigmoid(expand(relu(reduce(mean_hw(x)))))``.
+
+  ``reduce`` and ``expand`` are 1x1 convolutions with biases, as in pycls, torchvision and
+  transformers, so PyTorch weights load with the convolution layout. The channel gate is
+  computed in float32 and applied in the compute dtype.
+  """
+
+  def __init__(self, features: int, squeeze_features: int, *,
+               param_dtype: jnp.dtype = jnp.float32, precision: jax.lax.PrecisionLike = None,
+               rngs: nnx.Rngs):
+    if squeeze_features < 1:
+      raise ValueError(f'SqueezeExcite: squeeze_features={squeeze_features} for {features} '
+                       'features; it must be at least 1')
+    options = dict(use_bias=True, dtype=jnp.float32, param_dtype=param_dtype,
+                   precision=precision, rngs=rngs)
+    self.reduce = conv(features, squeeze_features, 1, **options)
+    self.expand = conv(squeeze_features, features, 1, **options)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    gate = jax.nn.sigmoid(self.expand(jax.nn.relu(self.reduce(squeezed))))
+    return x * gate.astype(x.dtype)
+
+
+def group_norm(
+    num_features: int,
+    num_groups: int,
+    *,
+    epsilon: float = 1e-5,
+    param_dtype: jnp.dtype = jnp.float32,
+    axis: str | None = 'conv_out',
+    rngs: nnx.Rngs,
+) -> nnx.GroupNorm:
+  """GroupNorm over the last (feature) axis, computing in float32; scale and bias ``(axis,)``.
+
+  Statistics are taken per example over every non-batch axis within a group: with
+  ``num_groups == num_features`` on ``[batch, time, channels]`` each channel is normalised
+  over time (wav2vec 2.0's first feature-encoder layer, PyTorch ``GroupNorm(C, C)``).
+  """
+  return nnx.GroupNorm(
+      num_features,
+      num_groups=num_groups,
+      epsilon=epsilon,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
+      # Two-pass variance, as PyTorch computes it: conv outputs over time can have a mean far
+      # from zero, where E[x^2] - E[x]^2 loses digits.
+      use_fast_variance=False,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis,)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,)),
+      rngs=rngs,
+  )

@@ -10,7 +10,8 @@ Parameter tree::
 
   stem.conv, stem.bn
   stages[i][j].conv1, .bn1, .conv2, .bn2, (.conv3, .bn3 in bottlenecks),
-               .shortcut.conv, .shortcut.bn (projection, first block of a stage only)
+               .shortcut.conv, .shortcut.bn (projection, first block of a stage only),
+               (.se.reduce, .se.expand: squeeze-excitation, RegNetY's blocks only)
   head                                     (the classifier, kernel [features, classes])
 """
 
@@ -37,9 +38,9 @@ class Options:
   bn_epsilon: float
   precision: jax.lax.PrecisionLike
 
-  def conv(self, cin, cout, kernel_size, strides=1, *, rngs):
+  def conv(self, cin, cout, kernel_size, strides=1, *, groups=1, rngs):
     return layers.conv(
-        cin, cout, kernel_size, strides=strides, dtype=self.dtype,
+        cin, cout, kernel_size, strides=strides, feature_group_count=groups, dtype=self.dtype,
         param_dtype=self.param_dtype, precision=self.precision, rngs=rngs)
 
   def bn(self, features, *, zero_scale=False, rngs):
@@ -47,6 +48,10 @@ class Options:
         features, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         scale_init=nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init(),
         param_dtype=self.param_dtype, rngs=rngs)
+
+  def squeeze_excite(self, features, squeeze_features, *, rngs):
+    return layers.SqueezeExcite(features, squeeze_features, param_dtype=self.param_dtype,
+                                precision=self.precision, rngs=rngs)
 
 
 def _norm(bn: nnx.BatchNorm, x: jax.Array, train: bool, dtype) -> jax.Array:
@@ -90,18 +95,26 @@ class BasicBlock(nnx.Module):
 
 
 class BottleneckBlock(nnx.Module):
-  """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4 (ResNet-50/101/152)."""
+  """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4 (ResNet-50/101/152).
+
+  It is also the residual bottleneck block of ResNeXt and RegNet (pycls's
+  ``ResBottleneckBlock``): ``cout`` sets the output width (default ``4 * width``), ``groups``
+  splits the 3x3 convolution into groups, and ``se_width > 0`` adds a squeeze-and-excitation
+  of that many channels after it (RegNetY).
+  """
 
   expansion = 4
 
   def __init__(self, cin: int, width: int, strides: int, opts: Options, *,
-               zero_init_residual: bool, rngs: nnx.Rngs):
-    cout = width * self.expansion
+               zero_init_residual: bool, cout: int | None = None, groups: int = 1,
+               se_width: int = 0, rngs: nnx.Rngs):
+    cout = width * self.expansion if cout is None else cout
     self.dtype = opts.dtype
     self.conv1 = opts.conv(cin, width, 1, rngs=rngs)
     self.bn1 = opts.bn(width, rngs=rngs)
-    self.conv2 = opts.conv(width, width, 3, strides, rngs=rngs)
+    self.conv2 = opts.conv(width, width, 3, strides, groups=groups, rngs=rngs)
     self.bn2 = opts.bn(width, rngs=rngs)
+    self.se = opts.squeeze_excite(width, se_width, rngs=rngs) if se_width else None
     self.conv3 = opts.conv(width, cout, 1, rngs=rngs)
     self.bn3 = opts.bn(cout, zero_scale=zero_init_residual, rngs=rngs)
     self.shortcut = (Shortcut(cin, cout, strides, opts, rngs=rngs)
@@ -111,27 +124,29 @@ class BottleneckBlock(nnx.Module):
     residual = x if self.shortcut is None else self.shortcut(x, train=train)
     y = jax.nn.relu(_norm(self.bn1, self.conv1(x), train, self.dtype))
     y = jax.nn.relu(_norm(self.bn2, self.conv2(y), train, self.dtype))
+    if self.se is not None:
+      y = self.se(y)
     y = _norm(self.bn3, self.conv3(y), train, self.dtype)
     return jax.nn.relu(y + residual)
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
-STEMS = ('imagenet', 'small')
+# Stem kind -> (kernel size, stride, 3x3/2 max-pool after it).
+STEMS = {'imagenet': (7, 2, True), 'small': (3, 1, False), 'simple': (3, 2, False)}
 
 
 class Stem(nnx.Module):
-  """'imagenet': 7x7/2 conv + 3x3/2 max-pool (224px input, /4).
+  """A conv + BatchNorm + ReLU on the image, of one of three kinds.
 
+  'imagenet': 7x7/2 conv + 3x3/2 max-pool (224px input, /4).
   'small': one 3x3/1 conv and no pooling, for 8-32px images where /4 would leave nothing.
+  'simple': one 3x3/2 conv (pycls's ``SimpleStemIN``, RegNet's stem).
   """
 
   def __init__(self, kind: str, width: int, opts: Options, *, rngs: nnx.Rngs):
+    kernel_size, strides, self.max_pool = STEMS[kind]
     self.dtype = opts.dtype
-    self.max_pool = kind == 'imagenet'
-    if kind == 'imagenet':
-      self.conv = opts.conv(3, width, 7, 2, rngs=rngs)
-    else:
-      self.conv = opts.conv(3, width, 3, 1, rngs=rngs)
+    self.conv = opts.conv(3, width, kernel_size, strides, rngs=rngs)
     self.bn = opts.bn(width, rngs=rngs)
 
   def __call__(self, x, *, train: bool):
@@ -141,7 +156,36 @@ class Stem(nnx.Module):
     return x
 
 
-class ResNet(nnx.Module):
+class AnyNet(nnx.Module):
+  """A stem, stages of residual blocks, global average pooling and a linear classifier.
+
+  pycls's AnyNet: ResNet (below) and RegNet (``models.regnet``) differ only in how they
+  build ``stem`` and ``stages``; the forward pass and the classifier are these.
+  """
+
+  def _init_head(self, features: int, num_classes: int, *, param_dtype: Any,
+                 precision: jax.lax.PrecisionLike, rngs: nnx.Rngs):
+    """The classifier; weights N(0, 0.01) and zero bias (MLPerf reference and pycls)."""
+    self.num_features = features
+    self.num_classes = num_classes
+    self.head = layers.dense(
+        features, num_classes, axes=('embed', 'classes'),
+        kernel_init=nnx.initializers.normal(0.01), dtype=jnp.float32,
+        param_dtype=param_dtype, precision=precision, rngs=rngs)
+
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """``train=True`` normalises with batch statistics and updates the running ones."""
+    x = layers.with_logical_constraint(images.astype(self.dtype), ACTIVATION_NAMES)
+    x = layers.with_logical_constraint(self.stem(x, train=train), ACTIVATION_NAMES)
+    for stage in self.stages:
+      for block in stage:
+        x = layers.with_logical_constraint(block(x, train=train), ACTIVATION_NAMES)
+    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    features = layers.with_logical_constraint(features, ('batch', 'embed'))
+    return layers.with_logical_constraint(self.head(features), ('batch', 'classes'))
+
+
+class ResNet(AnyNet):
   """ResNet v1.5 classifier: images ``[N, H, W, 3]`` -> float32 logits ``[N, classes]``.
 
   Args:
@@ -186,7 +230,6 @@ class ResNet(nnx.Module):
       raise ValueError(f'ResNet stage_sizes={tuple(stage_sizes)}: need at least one stage '
                        'and at least one block per stage')
     self.dtype = dtype
-    self.num_classes = num_classes
     opts = Options(dtype, param_dtype, bn_momentum, bn_epsilon, precision)
     block_cls = BLOCKS[block]
 
@@ -203,23 +246,7 @@ class ResNet(nnx.Module):
         cin = stage_width * block_cls.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
-    self.num_features = cin
-    # MLPerf reference: classifier weights N(0, 0.01), zero bias.
-    self.head = layers.dense(
-        cin, num_classes, axes=('embed', 'classes'),
-        kernel_init=nnx.initializers.normal(0.01), dtype=jnp.float32,
-        param_dtype=param_dtype, precision=precision, rngs=rngs)
-
-  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    """``train=True`` normalises with batch statistics and updates the running ones."""
-    x = layers.with_logical_constraint(images.astype(self.dtype), ACTIVATION_NAMES)
-    x = layers.with_logical_constraint(self.stem(x, train=train), ACTIVATION_NAMES)
-    for stage in self.stages:
-      for block in stage:
-        x = layers.with_logical_constraint(block(x, train=train), ACTIVATION_NAMES)
-    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    features = layers.with_logical_constraint(features, ('batch', 'embed'))
-    return layers.with_logical_constraint(self.head(features), ('batch', 'classes'))
+    self._init_head(cin, num_classes, param_dtype=param_dtype, precision=precision, rngs=rngs)
 
 
 RESNET_CONFIGS: dict[str, dict[str, Any]] = {

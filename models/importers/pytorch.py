@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-TORCH_SUFFIXES = ('.pt', '.pth', '.bin')
+TORCH_SUFFIXES = ('.pt', '.pth', '.pyth', '.bin')  # .pyth: pycls's model zoo
 SAFETENSORS_SUFFIXES = ('.safetensors',)
 
 
@@ -117,8 +117,8 @@ def copy_state_dict(
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   """Reads a PyTorch checkpoint: ``.pt``/``.pth``/``.bin`` with torch, ``.safetensors``.
 
-  Checkpoints that wrap the weights (``{'state_dict': ...}``, ``{'model': ...}``) are
-  unwrapped.
+  Checkpoints that wrap the weights (``{'state_dict': ...}``, ``{'model': ...}``, pycls's
+  ``{'model_state': ...}``) are unwrapped.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -139,7 +139,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
       raise ImportError(f'Reading {path!r} needs PyTorch (pip install torch), or convert '
                         'the checkpoint to .safetensors, which needs only safetensors') from e
     loaded = torch.load(path, map_location='cpu', weights_only=True)
-    for wrapper in ('state_dict', 'model'):
+    for wrapper in ('state_dict', 'model', 'model_state'):
       if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
         loaded = loaded[wrapper]
     if not isinstance(loaded, Mapping):
