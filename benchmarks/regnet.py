@@ -35,6 +35,12 @@ create_regnet = image_classification.named_model_factory(regnet_models.REGNET_CO
                                                         regnet_models.regnet)
 
 
+def export_spec(config):
+  """`podium export`: classify and feature_vector on images in [0, 1] (benchmarks/export.py)."""
+  from benchmarks import export
+  return export.image_classifier_spec(config, create_regnet)
+
+
 def build_task(config, runtime):
   image_classification.prepare_data(config)
   return image_classification.ImageClassificationTask(

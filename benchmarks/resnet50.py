@@ -18,6 +18,12 @@ create_resnet = image_classification.named_model_factory(resnet_models.RESNET_CO
                                                         resnet_models.resnet)
 
 
+def export_spec(config):
+  """`podium export`: classify and feature_vector on images in [0, 1] (benchmarks/export.py)."""
+  from benchmarks import export
+  return export.image_classifier_spec(config, create_resnet)
+
+
 def build_task(config, runtime):
   image_classification.prepare_data(config)
   return image_classification.ImageClassificationTask(

@@ -175,14 +175,19 @@ class AnyNet(nnx.Module):
 
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """``train=True`` normalises with batch statistics and updates the running ones."""
+    features = self.embed(images, train=train)
+    return layers.with_logical_constraint(self.head(features), ('batch', 'classes'))
+
+  def embed(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """The pooled float32 features ``[N, num_features]`` the classifier reads: the
+    backbone's output, e.g. the feature vector of an exported model."""
     x = layers.with_logical_constraint(images.astype(self.dtype), ACTIVATION_NAMES)
     x = layers.with_logical_constraint(self.stem(x, train=train), ACTIVATION_NAMES)
     for stage in self.stages:
       for block in stage:
         x = layers.with_logical_constraint(block(x, train=train), ACTIVATION_NAMES)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    features = layers.with_logical_constraint(features, ('batch', 'embed'))
-    return layers.with_logical_constraint(self.head(features), ('batch', 'classes'))
+    return layers.with_logical_constraint(features, ('batch', 'embed'))
 
 
 class ResNet(AnyNet):

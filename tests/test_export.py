@@ -1,0 +1,131 @@
+"""`podium export`: a trained digits ResNet as a SavedModel that TensorFlow alone runs and
+Keras fine-tunes.
+
+A real (short) run trains the model; the export must give podium's numbers, load in a fresh
+process in which JAX cannot even be imported, and train inside a Keras model.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.test_run_digits import ROOT, podium
+
+BLOCK_JAX = textwrap.dedent('''
+    import sys
+    class BlockJax:
+      def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('jax', 'jaxlib', 'flax'):
+          raise ImportError('JAX is blocked in this process: ' + name)
+    sys.meta_path.insert(0, BlockJax())
+''')
+
+
+def tf_only(script, *args):
+  """Runs `script` in a fresh Python in which importing JAX fails."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+  result = subprocess.run([sys.executable, '-c', BLOCK_JAX + textwrap.dedent(script), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  work = tmp_path_factory.mktemp('export')
+  out = work / 'out'
+  run = podium('run', 'resnet50', '--recipe', 'digits_cpu', '--output', str(out),
+               '--set', f'data.dir={work / "data"}', '--set', 'train.max_epochs=4', cwd=ROOT)
+  assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]
+  run_dir = out / 'runs' / 'resnet50' / 'cpu-x1' / 'result_0'
+  export = podium('export', str(run_dir), '--format', 'savedmodel', '--out', str(work / 'sm'),
+                  cwd=ROOT)
+  assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
+  return work, run_dir, work / 'sm'
+
+
+def digits_images(work, count=64):
+  """Eval images of the run's own data, as floats in [0, 1], and their labels."""
+  from input_pipelines import imagenet
+  source = imagenet.ImageNetSource.from_dir(str(work / 'data'))
+  pp = imagenet.ImagePreprocessing(image_size=16, eval_resize=16)
+  num_batches = -(-source.num_examples('validation') // count)
+  batch = next(iter(imagenet.eval_dataset(source, local_batch_size=count, num_batches=num_batches,
+                                          process_index=0, process_count=1, preprocessing=pp)))
+  mean, std = np.array(pp.mean_rgb, np.float32), np.array(pp.stddev_rgb, np.float32)
+  images = (batch['image'].numpy() * std + mean) / 255.0
+  return images.astype(np.float32), batch['label'].numpy().astype(np.int64)
+
+
+def test_export_matches_podium_and_runs_without_jax(exported):
+  from benchmarks import export
+  work, run_dir, saved = exported
+  images, _ = digits_images(work)
+  np.save(work / 'images.npy', images)
+  config, spec, graphdef, params, model_state = export.trained_model(run_dir)
+  model = nnx.merge(graphdef, params, model_state)
+  expected = {name: np.asarray(jax.jit(lambda x, fn=fn: fn(model, x))(images))
+              for name, fn in spec.functions.items()}
+  tf_only('''
+      import numpy as np, tensorflow as tf
+      sm = tf.saved_model.load(sys.argv[1])
+      images = np.load(sys.argv[2])
+      np.save(sys.argv[3], sm.classify(images).numpy())
+      np.save(sys.argv[4], sm.signatures['feature_vector'](inputs=images[:5])['output_0'].numpy())
+      assert 'jax' not in sys.modules
+      print(len(sm.trainable_variables), len(sm.variables))
+  ''', str(saved), str(work / 'images.npy'), str(work / 'logits.npy'), str(work / 'features.npy'))
+  np.testing.assert_allclose(np.load(work / 'logits.npy'), expected['classify'], atol=1e-4)
+  np.testing.assert_allclose(np.load(work / 'features.npy'), expected['feature_vector'][:5],
+                             atol=1e-4)
+  assert expected['classify'].shape == (64, 10)
+  meta = json.loads((saved / 'podium_export.json').read_text())
+  assert meta['functions'] == ['classify', 'feature_vector'] and meta['model'] == 'resnet_tiny'
+
+
+def test_keras_fine_tunes_the_exported_backbone(exported):
+  work, _, saved = exported
+  images, labels = digits_images(work, count=128)
+  np.savez(work / 'train.npz', images=images, labels=labels)
+  out = tf_only('''
+      import numpy as np, tensorflow as tf, keras
+      data = np.load(sys.argv[2])
+      backbone = keras.layers.TFSMLayer(sys.argv[1], call_endpoint='feature_vector',
+                                        trainable=True)
+      inputs = keras.Input((16, 16, 3))
+      outputs = keras.layers.Dense(10)(backbone(inputs))
+      model = keras.Model(inputs, outputs)
+      before = [w.numpy().copy() for w in backbone.trainable_weights]
+      assert before, 'the exported parameters must be trainable'
+      # Plain SGD: Keras 3.15 cannot name momentum/Adam slots of a TFSMLayer's variables
+      # (their names end in ':0'), whatever the SavedModel.
+      model.compile(optimizer=keras.optimizers.SGD(0.01),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+      history = model.fit(data['images'], data['labels'], batch_size=32, epochs=4, verbose=0,
+                          shuffle=False)
+      moved = max(float(np.abs(w.numpy() - b).max())
+                  for w, b in zip(backbone.trainable_weights, before))
+      print('LOSSES', history.history['loss'], 'MOVED', moved, 'JAX', 'jax' in sys.modules)
+  ''', str(saved), str(work / 'train.npz'))
+  line = out.strip().splitlines()[-1]
+  losses = [float(x) for x in line.split('LOSSES [')[1].split(']')[0].split(',')]
+  moved = float(line.split('MOVED ')[1].split()[0])
+  assert losses[-1] < losses[0], losses
+  assert moved > 0, 'fine-tuning must update the backbone, not only the new head'
+  assert line.endswith('JAX False')
+
+
+def test_export_refuses_to_overwrite_and_names_a_bad_run_dir(exported, tmp_path):
+  _, run_dir, saved = exported
+  again = podium('export', str(run_dir), '--format', 'savedmodel', '--out', str(saved), cwd=ROOT)
+  assert again.returncode == 2 and 'not empty' in again.stderr
+  missing = podium('export', str(tmp_path), '--format', 'savedmodel', '--out',
+                   str(tmp_path / 'x'), cwd=ROOT)
+  assert missing.returncode == 2 and 'no config.json' in missing.stderr
