@@ -149,7 +149,10 @@ def test_libtpu_is_usable():
 
 
 @needs_libtpu
-@pytest.mark.parametrize('topology', ['v4-16', 'v5litepod-16', 'v5p-8', 'v6e-8', '2xv5p-8'])
+# Two generations and the two-slice case in `make test`; the rest in `make test-all`.
+@pytest.mark.parametrize('topology', [
+    'v4-16', pytest.param('v5litepod-16', marks=pytest.mark.slow), 'v5p-8',
+    pytest.param('v6e-8', marks=pytest.mark.slow), '2xv5p-8'])
 def test_tiny_resnet_train_step_compiles_for_each_generation(topology):
   report = _compile(topology)
   spec, chip = report.topology, report.topology.chip

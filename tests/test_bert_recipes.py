@@ -89,7 +89,9 @@ def test_hyperparameters_are_the_ruleset_keys_from_the_config():
   assert t.eval_samples == 10_000 and t.progress_unit == 'samples'
 
 
-@pytest.mark.parametrize('name', ['tiny_cpu', 'docs_cpu', 'tpu_v4_128_bs8192'])
+# BERT-large's trace takes ~90 s on 2 cores and test_recipes.py traces a pod recipe already.
+@pytest.mark.parametrize('name', ['tiny_cpu', 'docs_cpu',
+                                  pytest.param('tpu_v4_128_bs8192', marks=pytest.mark.slow)])
 def test_recipes_trace_a_train_step_abstractly(name):
   """BERT-large included (every recipe is traced by tests/test_recipes.py)."""
   for name in [name]:
