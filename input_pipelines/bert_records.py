@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import random
 import uuid
@@ -47,9 +46,10 @@ from typing import Any
 import tensorflow as tf
 
 from input_pipelines.bert_tokenizer import FullTokenizer
+from input_pipelines import manifest as manifest_lib
 from input_pipelines.errors import DataError
 
-MANIFEST_NAME = 'podium_dataset.json'
+MANIFEST_NAME = manifest_lib.MANIFEST_NAME
 MANIFEST_FORMAT = 'bert_pretraining_tfrecord'
 SPLITS = ('train', 'eval')
 FEATURES = ('input_ids', 'input_mask', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
@@ -286,18 +286,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def read_manifest(data_dir: str) -> dict[str, Any] | None:
   """The manifest of ``data_dir``, or None when there is none."""
-  path = os.path.join(data_dir, MANIFEST_NAME)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path, 'r') as f:
-      manifest = json.load(f)
-  except json.JSONDecodeError as e:
-    raise DataError(f'{path} is not valid JSON ({e}); delete it or rewrite the data set') from e
-  if not isinstance(manifest, dict) or manifest.get('format') != MANIFEST_FORMAT:
-    raise DataError(f'{path} is not a podium BERT manifest: expected a JSON object with '
-                    f'"format": "{MANIFEST_FORMAT}" (found {str(manifest)[:80]})')
-  return manifest
+  return manifest_lib.read_manifest(data_dir, MANIFEST_FORMAT)
 
 
 def write_manifest(data_dir: str, opts: MaskingOptions, splits: Mapping[str, Mapping[str, int]],
@@ -312,11 +301,7 @@ def write_manifest(data_dir: str, opts: MaskingOptions, splits: Mapping[str, Map
                  for split, files in splits.items()},
       **extra,
   }
-  path = os.path.join(data_dir, MANIFEST_NAME)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with open(tmp, 'w') as f:
-    f.write(json.dumps(manifest, indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
+  manifest_lib.write_manifest(data_dir, manifest)
   return manifest
 
 

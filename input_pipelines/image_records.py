@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from input_pipelines import manifest as manifest_lib
 from input_pipelines.errors import DataError
 
-MANIFEST_NAME = 'podium_dataset.json'
+MANIFEST_NAME = manifest_lib.MANIFEST_NAME
 MANIFEST_FORMAT = 'imagenet_tfrecord'
 LABEL_OFFSET = 1  # ImageNet TFRecords store labels 1..1000; 0 was 'background' in TF-slim.
 SPLITS = ('train', 'validation')
@@ -131,31 +131,10 @@ def to_tf_example(example: ImageExample, default_filename: str) -> tf.train.Exam
 
 def read_manifest(data_dir: str) -> dict[str, Any] | None:
   """The manifest of ``data_dir``, or None when there is none."""
-  path = os.path.join(data_dir, MANIFEST_NAME)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path, 'r') as f:
-      manifest = json.load(f)
-  except json.JSONDecodeError as e:
-    raise DataError(f'{path} is not valid JSON ({e}); delete it or rewrite the data set') from e
-  if not isinstance(manifest, dict) or manifest.get('format') != MANIFEST_FORMAT:
-    raise DataError(f'{path} is not a podium manifest: expected a JSON object with '
-                    f'"format": "{MANIFEST_FORMAT}"')
-  return manifest
+  return manifest_lib.read_manifest(data_dir, MANIFEST_FORMAT)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def write_manifest(data_dir: str, manifest: Mapping[str, Any]) -> None:
-  """Replaces the manifest atomically (temp name, then rename)."""
-  _atomic_write_text(os.path.join(data_dir, MANIFEST_NAME),
-                     json.dumps(manifest, indent=2, sort_keys=True) + '\n')
+write_manifest = manifest_lib.write_manifest
 
 
 def update_manifest(data_dir: str, num_classes: int, **fields: Any) -> dict[str, Any]:
