@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp

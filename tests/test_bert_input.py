@@ -1,9 +1,6 @@
 """The MLPerf BERT record reader: shapes, per-shard files, deterministic order and resumption,
 exactly-once padded eval, and one clear message for records that do not fit."""
 
-import os
-
-import numpy as np
 import pytest
 import tensorflow as tf
 

@@ -1,7 +1,6 @@
 """LAMB and the learning-rate schedule of MLPerf BERT, against the TF reference's formulas."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
