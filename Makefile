@@ -15,6 +15,9 @@ BENCH_MODELS ?= resnet50
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	# espeak-ng speaks the offline speech corpus of the wav2vec2 CPU recipes and tests.
+	command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; } \
+	  || echo 'espeak-ng not installed (needs root and apt): wav2vec2 corpus tests will fail'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
