@@ -27,7 +27,7 @@ from mlperf_logging.mllog import constants as C
 from benchmarks import optimizers
 from benchmarks.config import ConfigError, loop_config
 from benchmarks.registry import recipe
-from benchmarks.task import Block, Task
+from benchmarks.task import Block, Task, process_input_shards
 from input_pipelines import bert_pretraining, bert_records
 from input_pipelines.errors import DataError
 from models import bert as bert_lib
@@ -48,8 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   model = dataclasses.asdict(bert_lib.BertConfig())
   config.update(dict(
       model=dict(**model, dtype='bfloat16',
-                 # MLPerf's starting point: a TF1 checkpoint prefix (.../model.ckpt-28252) or
-                 # a PyTorch BertForPreTraining file (.bin/.pt/.safetensors); empty: random.
+                 # MLPerf's starting point: a TF1 checkpoint prefix (.../model.ckpt-28252), a
+                 # PyTorch BertForPreTraining file (.bin/.pt/.safetensors) or a podium run /
+                 # `podium import` folder; empty: random.
                  init_checkpoint=''),
       data=dict(
           dir='', eval_dir='', train_pattern=bert_pretraining.TRAIN_PATTERN,
@@ -84,8 +85,50 @@ def model_config(config) -> bert_lib.BertConfig:
     raise ConfigError(f'model: {e}') from None
 
 
-def _is_pytorch(path: str) -> bool:
-  return path.endswith(('.bin', '.pt', '.pth', '.safetensors'))
+def export_spec(config):
+  """`podium export`: a TF Hub BERT encoder (benchmarks/export.py).
+
+  Inputs `input_word_ids`, `input_mask`, `input_type_ids`: int32 [batch, seq], any batch,
+  seq = data.max_seq_length (pad shorter text; mask 0). The length is fixed because jax2tf
+  drops the constraint `seq <= max_position_embeddings` when it converts the gradient
+  (jax 0.8: the VJP export fails on the model's length check), and the SavedModel must be
+  trainable. `encoder` (serving_default) gives
+  `sequence_output` [b, s, hidden] and `pooled_output` [b, hidden] (tanh of the pooler on
+  [CLS], as TF Hub's BERT encoders); `pretraining_logits` gives `mlm_logits` [b, s, vocab]
+  at every position and `nsp_logits` [b, 2].
+  """
+  from benchmarks import export  # pylint: disable=import-outside-toplevel
+  bert_config = model_config(config)
+  names = ('input_word_ids', 'input_mask', 'input_type_ids')
+
+  def encoder(model, x):
+    sequence = model.encode(*(x[n] for n in names))
+    return {'sequence_output': sequence.astype(jnp.float32),
+            'pooled_output': jnp.tanh(model.pooler(sequence[:, 0])).astype(jnp.float32)}
+
+  def pretraining_logits(model, x):
+    mlm_logits, nsp_logits = model(*(x[n] for n in names))
+    return {'mlm_logits': mlm_logits, 'nsp_logits': nsp_logits}
+
+  return export.ExportSpec(
+      create_model=lambda rngs: bert_lib.BertForPreTraining(
+          bert_config, dtype=jnp.dtype(config.model.dtype), rngs=rngs),
+      input_shape=(), input_dtype='int32',
+      inputs={name: (('b', config.data.max_seq_length), 'int32') for name in names},
+      functions={'encoder': encoder, 'pretraining_logits': pretraining_logits},
+      serving='encoder',
+      description=(f'BERT ({bert_config.num_layers} layers, hidden {bert_config.hidden_size}, '
+                   f'vocab {bert_config.vocab_size}) trained by podium ({config.benchmark}/'
+                   f'{config.recipe}); inputs: int32 word ids, mask, type ids [batch, seq]'))
+
+
+def _checkpoint_format(path: str) -> str:
+  """'pytorch', 'safetensors', 'tf1' or 'podium' (models/importers/weight_files.py)."""
+  from models.importers import weight_files  # pylint: disable=import-outside-toplevel
+  try:
+    return weight_files.detect_format(path)
+  except ValueError as e:
+    raise ConfigError(f'model.init_checkpoint: {e}') from None
 
 
 class BertTask(Task):
@@ -180,10 +223,8 @@ class BertTask(Task):
     """Names, shapes and vocabulary of the initial checkpoint, without reading a tensor."""
     path = self.config.model.init_checkpoint
     model = nnx.eval_shape(lambda: self._new_model(nnx.Rngs(0)))
-    if _is_pytorch(path):
-      if not os.path.isfile(path):
-        raise ConfigError(f'model.init_checkpoint={path}: no such file')
-      return  # a state dict is read whole anyway; load_pytorch_bert checks it then
+    if _checkpoint_format(path) != 'tf1':
+      return  # read whole anyway: initial_params checks it then
     from models.importers import tf1_bert  # pylint: disable=import-outside-toplevel
     try:
       rows = tf1_bert.vocab_size(path)
@@ -204,17 +245,8 @@ class BertTask(Task):
       raise ConfigError(f'model.init_checkpoint: {e}') from None
 
   def _input_shards(self) -> list[int]:
-    count = self.config.data.input_shards or self.runtime.process_count
-    processes = self.runtime.process_count
-    per_process = count // processes
-    if (count % processes or self.local_batch_size % max(per_process, 1)
-        or self.local_eval_batch_size % max(per_process, 1)):
-      raise ConfigError(
-          f'data.input_shards={count} must be a multiple of the {processes} processes, and '
-          f'each process\'s batch ({self.local_batch_size} train, {self.local_eval_batch_size} '
-          f'eval) a multiple of its {max(per_process, 1)} shards')
-    first = self.runtime.process_index * per_process
-    return list(range(first, first + per_process))
+    return process_input_shards(self.config, self.runtime, self.local_batch_size,
+                                self.local_eval_batch_size)
 
   @property
   def num_input_shards(self) -> int:
@@ -232,9 +264,12 @@ class BertTask(Task):
     path = self.config.model.init_checkpoint
     if not path:
       return None
+    fmt = _checkpoint_format(path)
+    if fmt == 'podium':
+      return self._podium_params(path)
     model = self._new_model(nnx.Rngs(0))
     try:
-      if _is_pytorch(path):
+      if fmt in ('pytorch', 'safetensors'):
         from models.importers import pytorch_bert  # pylint: disable=import-outside-toplevel
         pytorch_bert.load_pytorch_bert_file(model, path)
       else:
@@ -243,6 +278,22 @@ class BertTask(Task):
     except bert_layout.CheckpointMismatch as e:
       raise ConfigError(f'model.init_checkpoint: {e}') from None
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+  def _podium_params(self, path):
+    """A podium run's or `podium import`'s parameters, checked against this model."""
+    from models.importers import weight_files  # pylint: disable=import-outside-toplevel
+    try:
+      params = weight_files.read_podium(path)['params']
+    except ValueError as e:
+      raise ConfigError(f'model.init_checkpoint: {e}') from None
+    model = nnx.eval_shape(lambda: self._new_model(nnx.Rngs(0)))
+    problems = weight_files.tree_mismatches(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                                            params)
+    if problems:
+      raise ConfigError(f'model.init_checkpoint={path} does not fit this BERT '
+                        f'({bert_layout.describe_model(model)}): '
+                        + weight_files.summarize(problems))
+    return params
 
   def learning_rate(self, step):
     return self._schedule(step)

@@ -23,7 +23,7 @@ from mlperf_logging.mllog import constants as C
 
 from benchmarks import optimizers
 from benchmarks.config import ConfigError, loop_config
-from benchmarks.task import Block, Task
+from benchmarks.task import Block, Task, process_input_shards
 from input_pipelines import imagenet
 
 ModelFactory = Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
@@ -33,9 +33,18 @@ def base_config() -> ml_collections.ConfigDict:
   """Fields every image-classification recipe has; recipes fill in the values."""
   config = loop_config()
   config.update(dict(
-      model=dict(name='resnet50', num_classes=1000, dtype='bfloat16'),
+      model=dict(name='resnet50', num_classes=1000, dtype='bfloat16',
+                 # Starting weights: a PyTorch state dict (torchvision, transformers, pycls;
+                 # .pt/.pth/.pyth/.bin/.safetensors) or a podium run / checkpoint / `podium
+                 # import` folder; empty: random. A classifier head of another shape (other
+                 # classes) starts fresh.
+                 init_checkpoint=''),
       data=dict(
           dir='', prepare='', synthetic=False,
+          # data.prepare='image_folder': <image_folder>/<class>/<image> written to data.dir
+          # as TFRecords, eval_fraction of each class held out; model.num_classes=0 takes
+          # the number of class folders.
+          image_folder='', eval_fraction=0.2, folder_max_size=512,
           # Input shards (0: one per process). Fixing it makes the data order independent of
           # the number of processes: one process reading 2 shards sees exactly the batches
           # two processes would.
@@ -43,7 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
           # Used when the data set has no manifest with its counts (real ImageNet).
           train_examples=1_281_167, eval_examples=50_000,
           shuffle_buffer=16_384, image_size=224, eval_resize=256,
-          crop_area_min=0.08, random_flip=True),
+          crop_area_min=0.08, random_flip=True,
+          # How the host decodes and what it sends (input_pipelines.imagenet.ImagePreprocessing;
+          # costs and pixel differences: README, "Input pipelines"): uint8 pixels that the
+          # step normalises on the device, and a fast libjpeg decode of the crop.
+          transfer_dtype='uint8', scaled_decode=True, fancy_upscaling=False,
+          dct_method='INTEGER_ACCURATE'),
       train=dict(
           global_batch_size=1024, eval_batch_size=1024, max_epochs=90,
           eval_every_epochs=4, eval_offset_epochs=0, label_smoothing=0.1,
@@ -96,13 +110,122 @@ def digits_config(model_name: str, *, image_size: int = 16) -> ml_collections.Co
   return config
 
 
+def folder_finetune_config(model_name: str) -> ml_collections.ConfigDict:
+  """Fine-tuning `model_name` on a folder of class-named image folders, on one machine.
+
+  `data.image_folder=ROOT` (ROOT/<class>/<image>: the MoveNet classifier tutorial's layout)
+  is written to TFRecords when the run starts (20% of each class held out); the number of
+  classes comes from the folders, and a start from `--init_from` weights trained on other
+  classes gets a fresh head. SGD with momentum, a short cosine with one warmup epoch, eval
+  after every epoch.
+  """
+  config = base_config()
+  config.log_every_steps = 10
+  config.model.update(name=model_name, num_classes=0, dtype='float32')
+  config.data.update(prepare='image_folder', train_examples=0, eval_examples=0,
+                     image_size=224, eval_resize=256, crop_area_min=0.25, random_flip=True,
+                     shuffle_buffer=4096)
+  config.train.update(global_batch_size=32, eval_batch_size=64, max_epochs=10,
+                      eval_every_epochs=1, eval_offset_epochs=0, label_smoothing=0.1,
+                      target_accuracy=0.9)
+  config.optimizer.update(name='sgd', schedule='cosine', base_learning_rate=0.01,
+                          warmup_epochs=1.0, warmup_factor=0.1, momentum=0.9, nesterov=False,
+                          weight_decay=1e-4, decay_all_parameters=False)
+  return config
+
+
 def prepare_data(config: ml_collections.ConfigDict) -> None:
-  """Writes the data set a recipe asks for with `data.prepare` ('digits'), if any."""
-  if config.data.prepare == 'digits':
+  """Writes the data set a recipe asks for with `data.prepare` ('digits', 'image_folder'),
+  if any; an image folder's class count fills `model.num_classes` when that is 0."""
+  data = config.data
+  if data.synthetic:
+    return
+  if data.prepare == 'digits':
     from input_pipelines import digits
-    digits.write_digits(config.data.dir, image_size=config.data.image_size)
-  elif config.data.prepare:
-    raise ConfigError(f'data.prepare={config.data.prepare!r}; valid: digits, or empty')
+    digits.write_digits(data.dir, image_size=data.image_size)
+  elif data.prepare == 'image_folder':
+    from input_pipelines import image_folder
+    if not data.image_folder:
+      raise ConfigError(f'recipe {config.recipe!r} fine-tunes on a folder of images: set '
+                        '--set data.image_folder=ROOT (ROOT/<class>/<image>.jpg|png)')
+    if not data.dir:
+      data.dir = image_folder.default_records_dir(data.image_folder)
+    manifest = image_folder.write_image_folder(
+        data.image_folder, data.dir, eval_fraction=data.eval_fraction,
+        max_size=data.folder_max_size, seed=config.seed)
+    if not config.model.num_classes:
+      config.model.num_classes = manifest['num_classes']
+  elif data.prepare:
+    raise ConfigError(f'data.prepare={data.prepare!r}; valid: digits, image_folder, or empty')
+
+
+def _pure(tree) -> dict:
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(tree))
+
+
+def initial_weights(config, model_factory: ModelFactory, layouts: Mapping[str, Any], what: str
+                    ) -> tuple[dict, dict, str]:
+  """(params, model_state, note) of `model.init_checkpoint` for `config`'s model.
+
+  PyTorch state dicts go through the residual importer with `layouts` (torchvision,
+  transformers, pycls names); podium folders are read as they are. A classifier head whose
+  shape differs (1000 ImageNet classes -> the folder's 5) keeps its fresh initialisation,
+  and `note` says so; any other difference is a ConfigError naming the tensors.
+  """
+  from models.importers import pytorch, pytorch_resnet, weight_files
+  path = config.model.init_checkpoint
+  create = lambda: model_factory(config.model, nnx.Rngs(int(config.seed)))
+  model = nnx.eval_shape(create)  # made for real only where values are needed
+  head_shape = tuple(model.head.kernel.shape)
+  note = ''
+  try:
+    fmt = weight_files.detect_format(path)
+    if fmt in ('pytorch', 'safetensors'):
+      model = create()
+      state_dict = weight_files.read_state_dict(path)
+      layout_name = pytorch_resnet.detect_layout(state_dict, layouts, what)
+      layout = layouts[layout_name]
+      targets = pytorch_resnet.residual_targets(model, layout)
+      head_keys = {f'{layout.head}.weight', f'{layout.head}.bias'}
+      given = state_dict.get(f'{layout.head}.weight')
+      given_shape = None if given is None else tuple(pytorch.to_numpy(given).shape)[::-1]
+      if given_shape and given_shape[0] == head_shape[0] and given_shape != head_shape:
+        note = (f'{path}: classifier head {layout.head} has {given.shape[0]} classes, the model '
+                f'{head_shape[1]}: the head starts from a fresh initialisation')
+        targets = [t for t in targets if t.key not in head_keys]
+        state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
+      pytorch.copy_state_dict(targets, state_dict,
+                              ignore=lambda key: key.endswith('.num_batches_tracked'),
+                              what=f'podium {config.model.name} ({layout_name} layout)')
+      _, params, rest = nnx.split(model, nnx.Param, ...)
+      return _pure(params), _pure(rest), note
+    saved = weight_files.read_podium(path) if fmt == 'podium' else None
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(f'model.init_checkpoint={path}: {e}') from None
+  if saved is None:
+    raise ConfigError(f'model.init_checkpoint={path} is a {fmt} checkpoint; {what} starts '
+                      'from PyTorch state dicts (.pt/.pth/.pyth/.bin/.safetensors) or podium '
+                      'folders')
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+  saved_head = saved['params'].get('head', {}).get('kernel')
+  new_head = (saved_head is not None and saved_head.shape[0] == head_shape[0]
+              and tuple(saved_head.shape) != head_shape)
+  if new_head:
+    note = (f'{path}: classifier head has {saved_head.shape[1]} classes, the model '
+            f'{head_shape[1]}: the head starts from a fresh initialisation')
+    saved = {'params': {**saved['params'], 'head': params['head']},
+             'model_state': saved['model_state']}
+  problems = (weight_files.tree_mismatches(params, saved['params']) +
+              weight_files.tree_mismatches(rest, saved.get('model_state', {}), 'model state'))
+  if problems:
+    raise ConfigError(f'model.init_checkpoint={path} does not fit {config.model.name} '
+                      f'(model.name must be the one it was trained as): '
+                      + weight_files.summarize(problems))
+  if new_head:
+    saved['params']['head'] = _pure(nnx.state(create().head, nnx.Param))
+  cast = lambda tree, like: jax.tree.map(lambda a, b: np.asarray(a, b.dtype), tree, like)
+  return cast(saved['params'], params), cast(saved['model_state'], rest), note
 
 
 class ImageClassificationTask(Task):
@@ -112,9 +235,13 @@ class ImageClassificationTask(Task):
   progress_unit = 'epoch'
 
   def __init__(self, config, runtime, model_factory: ModelFactory, *, mlperf_benchmark: str,
-               extra_hyperparameters: Mapping[str, Any] | None = None):
-    """`extra_hyperparameters` are logged beside the optimizer's (e.g. which model)."""
+               extra_hyperparameters: Mapping[str, Any] | None = None,
+               layouts: Mapping[str, Any] | None = None):
+    """`extra_hyperparameters` are logged beside the optimizer's (e.g. which model);
+    `layouts` name the PyTorch keys `model.init_checkpoint` files may use."""
     self.config = config
+    self.layouts = layouts or {}
+    self._initial_model_state = None
     self.runtime = runtime
     self.model_factory = model_factory
     self.mlperf_benchmark = mlperf_benchmark
@@ -125,10 +252,7 @@ class ImageClassificationTask(Task):
     self.local_eval_batch_size = runtime.local_batch_size(train.eval_batch_size)
     self.input_shards = self._input_shards()
     self.target = train.target_accuracy
-    self.preprocessing = imagenet.ImagePreprocessing(
-        image_size=config.data.image_size, eval_resize=config.data.eval_resize,
-        crop_area_range=(config.data.crop_area_min, 1.0),
-        random_flip=config.data.random_flip, dtype='float32')
+    self.preprocessing = _preprocessing(config.data)
     self.source = None
     self.train_samples = config.data.train_examples
     self.eval_samples = config.data.eval_examples
@@ -148,16 +272,8 @@ class ImageClassificationTask(Task):
     self._eval_num_batches = None
 
   def _input_shards(self) -> list[int]:
-    """The input shards this process reads; each yields an equal part of the local batch."""
-    count, processes = self.config.data.input_shards or self.runtime.process_count, self.runtime.process_count
-    per_process = count // processes
-    if count % processes or self.local_batch_size % per_process or self.local_eval_batch_size % per_process:
-      raise ConfigError(
-          f'data.input_shards={count} must be a multiple of the {processes} processes, and '
-          f'each process\'s batch ({self.local_batch_size} train, {self.local_eval_batch_size} '
-          f'eval) a multiple of its {max(per_process, 1)} shards')
-    first = self.runtime.process_index * per_process
-    return list(range(first, first + per_process))
+    return process_input_shards(self.config, self.runtime, self.local_batch_size,
+                                self.local_eval_batch_size)
 
   @property
   def num_input_shards(self) -> int:
@@ -167,6 +283,18 @@ class ImageClassificationTask(Task):
 
   def create_model(self, rngs):
     return self.model_factory(self.config.model, rngs)
+
+  def initial_params(self):
+    if not self.config.model.init_checkpoint:
+      return None
+    params, self._initial_model_state, note = initial_weights(
+        self.config, self.model_factory, self.layouts, self.mlperf_benchmark)
+    if note and self.runtime.process_index == 0:
+      print(f'podium: {note}', flush=True)
+    return params
+
+  def initial_model_state(self):
+    return self._initial_model_state
 
   def _epoch_step(self, epoch: float) -> int:
     return int(math.ceil(epoch * self.steps_per_epoch - 1e-9))
@@ -214,8 +342,15 @@ class ImageClassificationTask(Task):
                                      decay_all_parameters=opt.decay_all_parameters)
     raise ConfigError(f'optimizer.name={opt.name!r}; valid: lars, sgd')
 
+  def _images(self, batch):
+    """uint8 pixels (data.transfer_dtype='uint8') are normalised here, on the device."""
+    image = batch['image']
+    if image.dtype == jnp.uint8:
+      image = imagenet.normalize_pixels(image, self.preprocessing, jnp)
+    return image
+
   def loss(self, model, batch, rng):
-    logits = model(batch['image'], train=True)
+    logits = model(self._images(batch), train=True)
     num_classes = logits.shape[-1]
     labels = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes),
                                  self.config.train.label_smoothing)
@@ -224,7 +359,7 @@ class ImageClassificationTask(Task):
     return loss, {'train_top1': accuracy}
 
   def eval_sums(self, model, batch):
-    logits = model(batch['image'], train=False)
+    logits = model(self._images(batch), train=False)
     mask = batch['mask'].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
     return {'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
@@ -311,7 +446,8 @@ class ImageClassificationTask(Task):
   def input_spec(self, *, eval):
     size = self.config.data.image_size
     batch = self.local_eval_batch_size if eval else self.local_batch_size
-    spec = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+    spec = {'image': jax.ShapeDtypeStruct((batch, size, size, 3),
+                                          jnp.dtype(self.preprocessing.dtype)),
             'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
     if eval:
       spec['mask'] = jax.ShapeDtypeStruct((batch,), jnp.int32)
@@ -320,7 +456,8 @@ class ImageClassificationTask(Task):
   def train_batches(self, start_step=0):
     if self.config.data.synthetic:
       batch = imagenet.synthetic_batches(self.local_batch_size, self.config.data.image_size,
-                                         self.config.model.num_classes, self.config.seed, 'float32')
+                                         self.config.model.num_classes, self.config.seed,
+                                         self.preprocessing.dtype)
       while True:
         yield batch
     shard_batch = self.local_batch_size // len(self.input_shards)
@@ -334,7 +471,8 @@ class ImageClassificationTask(Task):
   def eval_batches(self):
     if self.config.data.synthetic:
       batch = imagenet.synthetic_batches(self.local_eval_batch_size, self.config.data.image_size,
-                                         self.config.model.num_classes, self.config.seed, 'float32')
+                                         self.config.model.num_classes, self.config.seed,
+                                         self.preprocessing.dtype)
       batch = dict(batch, mask=np.ones((self.local_eval_batch_size,), np.int32))
       for _ in range(math.ceil(self.eval_samples / self.config.train.eval_batch_size)):
         yield batch
@@ -350,6 +488,22 @@ class ImageClassificationTask(Task):
         process_index=shard, process_count=self.num_input_shards,
         preprocessing=self.preprocessing) for shard in self.input_shards]
     yield from imagenet.iterate(_concat(datasets), self.source.files('validation'))
+
+
+def _preprocessing(data: ml_collections.ConfigDict) -> imagenet.ImagePreprocessing:
+  """The data.* keys as ImagePreprocessing; a bad value is a ConfigError naming its key."""
+  keys = {'image_size': 'image_size', 'eval_resize': 'eval_resize', 'dtype': 'transfer_dtype',
+          'scaled_decode': 'scaled_decode', 'fancy_upscaling': 'fancy_upscaling',
+          'dct_method': 'dct_method', 'random_flip': 'random_flip'}
+  values = {field: data[key] for field, key in keys.items()}
+  try:
+    return imagenet.ImagePreprocessing(crop_area_range=(data.crop_area_min, 1.0), **values)
+  except ValueError as e:
+    for field, key in keys.items():
+      if str(e).startswith(field):
+        raise ConfigError(f'data.{key}={data[key]!r}: {e}') from None
+    raise ConfigError(f'data (crop_area_min={data.crop_area_min}, image_size, eval_resize): '
+                      f'{e}') from None
 
 
 def _concat(datasets):

@@ -42,10 +42,12 @@ def export_spec(config):
 
 
 def build_task(config, runtime):
+  from models.importers import pytorch_regnet
   image_classification.prepare_data(config)
   return image_classification.ImageClassificationTask(
       config, runtime, create_regnet, mlperf_benchmark=BENCHMARK,
-      extra_hyperparameters={'regnet_model': config.model.name})
+      extra_hyperparameters={'regnet_model': config.model.name},
+      layouts=pytorch_regnet.REGNET_LAYOUTS)
 
 
 def pycls_config(name: str, *, batch: int | None = None,
@@ -164,3 +166,23 @@ def digits_cpu():
   config.train.max_epochs = 30
   use_pycls_optimizer(config)
   return config
+
+
+@recipe(BENCHMARK)
+def folder_finetune():
+  """RegNetY-400MF fine-tuned on your own folder of images: ROOT/<class>/<image>.jpg|png.
+
+  Source: podium; the transfer-learning path of the TF Hub RegNet port's fine-tuning
+  tutorial. Start from published weights with `--init_from FILE`: pycls's model-zoo
+  .pyth, torchvision's regnet_y_400mf-*.pth, transformers' facebook/regnet-y-040
+  (model.safetensors; with --set model.name=regnety_4_0gf), or a podium run or `podium
+  import` folder; other RegNets with --set model.name=NAME. The classifier head starts fresh
+  when the folder has another number of classes. Set `--set data.image_folder=ROOT`; the
+  images (any size, JPEG or PNG, grayscale and CMYK converted) are written to TFRecords in
+  data/folders/ with 20% of each class held out. 224px crops, batch 32, SGD momentum 0.9
+  with a cosine from 0.01 over 10 epochs, eval every epoch.
+  Hardware: one CPU or GPU. Expected: from ImageNet weights, held-out top-1 well above
+  chance after the first epoch; the target (0.9) depends on your classes
+  (--set train.target_accuracy=...).
+  """
+  return image_classification.folder_finetune_config('regnety_400mf')

@@ -26,8 +26,10 @@ def export_spec(config):
 
 def build_task(config, runtime):
   image_classification.prepare_data(config)
+  from models.importers import pytorch_resnet
   return image_classification.ImageClassificationTask(
-      config, runtime, create_resnet, mlperf_benchmark=C.RESNET)
+      config, runtime, create_resnet, mlperf_benchmark=C.RESNET,
+      layouts=pytorch_resnet.RESNET_LAYOUTS)
 
 
 @recipe('resnet50')
@@ -48,6 +50,25 @@ def digits_cpu():
   config.optimizer.update(base_learning_rate=2.0, warmup_epochs=2.0, momentum=0.9,
                           weight_decay=1e-4)
   return config
+
+
+@recipe('resnet50')
+def folder_finetune():
+  """ResNet-50 fine-tuned on your own folder of images: ROOT/<class>/<image>.jpg|png.
+
+  Source: podium; transfer learning as in the TF Hub / Keras image-classification
+  tutorials. Start from published weights with `--init_from FILE` (torchvision's
+  resnet50-*.pth, transformers' microsoft/resnet-50 model.safetensors, or a podium run or
+  `podium import` folder); the classifier head starts fresh when the folder has another
+  number of classes. Set `--set data.image_folder=ROOT`; the images (any size, JPEG or PNG,
+  grayscale and CMYK converted) are written to TFRecords in data/folders/ with 20% of each
+  class held out. 224px crops, batch 32, SGD momentum 0.9 with a cosine from 0.01 over 10
+  epochs, eval every epoch.
+  Hardware: one CPU or GPU. Expected: from ImageNet weights, held-out top-1 well above
+  chance after the first epoch; the target (0.9) depends on your classes
+  (--set train.target_accuracy=...).
+  """
+  return image_classification.folder_finetune_config('resnet50')
 
 
 def _rcp_recipe(*, batch: int, base_lr: float, warmup_epochs: int, momentum: float,

@@ -15,6 +15,8 @@ import jax
 import optax
 from flax import nnx
 
+from benchmarks.config import ConfigError
+
 Batch = Mapping[str, Any]
 
 
@@ -45,6 +47,8 @@ class Task(abc.ABC):
   # Evaluate the starting weights once before training (e.g. an imported checkpoint's
   # masked-LM accuracy); printed, and logged as `initial_eval_accuracy` before init_stop.
   initial_eval: bool = False
+  # False for error rates (WER): the target is then reached at or below it.
+  quality_higher_is_better: bool = True
 
   @abc.abstractmethod
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -95,5 +99,37 @@ class Task(abc.ABC):
     arrays with the structure of `nnx.to_pure_dict(nnx.state(model, nnx.Param))`."""
     return None
 
+  def initial_model_state(self) -> Mapping[str, Any] | None:
+    """The non-parameter state (BatchNorm statistics) that goes with `initial_params`, as
+    host arrays with the structure of `nnx.to_pure_dict` of the rest; None: the model's own.
+    Called after `initial_params`."""
+    return None
+
+  def reached(self, quality: float) -> bool:
+    """Whether `quality` meets the target."""
+    return quality >= self.target if self.quality_higher_is_better else quality <= self.target
+
+  @property
+  def target_text(self) -> str:
+    """E.g. 'top1 >= 0.759' or 'wer <= 0.3'."""
+    return f'{self.quality_name} {">=" if self.quality_higher_is_better else "<="} {self.target}'
+
   def close(self) -> None:
     """Releases input resources."""
+
+
+def process_input_shards(config, runtime, local_batch_size: int,
+                         local_eval_batch_size: int) -> list[int]:
+  """The input shards this process reads (`data.input_shards`, 0: one per process); each
+  yields an equal part of the local batches. ConfigError when they do not divide evenly."""
+  count = config.data.input_shards or runtime.process_count
+  processes = runtime.process_count
+  per_process = count // processes
+  if (count % processes or local_batch_size % max(per_process, 1)
+      or local_eval_batch_size % max(per_process, 1)):
+    raise ConfigError(
+        f'data.input_shards={count} must be a multiple of the {processes} processes, and '
+        f"each process's batch ({local_batch_size} train, {local_eval_batch_size} "
+        f'eval) a multiple of its {max(per_process, 1)} shards')
+  first = runtime.process_index * per_process
+  return list(range(first, first + per_process))

@@ -294,7 +294,8 @@ def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
                                         jitted.new_sums(warm_state, eval_batch0)))
     del warm_state, warm_metrics
     # The warm-up consumed (donated) the first state; init is deterministic.
-    state = jitted.init() if initial is None else _state_from(jitted, initial)
+    state = (jitted.init() if initial is None else
+             _state_from(jitted, initial, task.initial_model_state()))
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
   compiled_per_device = flops_lib.compiled_flops(compiled_train)
@@ -309,9 +310,18 @@ def compile_steps(task: Task, runtime: Runtime, seed: int) -> CompiledSteps:
                        step_flops, compile_s, jitted.abstract_state())
 
 
-def _state_from(jitted: JittedSteps, initial) -> Any:
-  """A fresh state starting from `initial` (host arrays), each placed with its sharding."""
-  abstract = jitted.abstract_state()['params']
+def _state_from(jitted: JittedSteps, initial, model_state=None) -> Any:
+  """A fresh state starting from `initial` parameters (host arrays) and, when given, that
+  `model_state` (BatchNorm statistics), each placed with its sharding."""
+  state = jitted.init_from(_placed(initial, jitted.abstract_state()['params'], 'parameters'))
+  if model_state is not None:
+    state['model_state'] = _placed(model_state, jitted.abstract_state()['model_state'],
+                                   'model state (BatchNorm statistics)')
+  return state
+
+
+def _placed(initial, abstract, what: str) -> Any:
+  """Host arrays checked against `abstract` (names, shapes) and placed with its shardings."""
   flat_initial = {jax.tree_util.keystr(path): leaf
                   for path, leaf in jax.tree_util.tree_leaves_with_path(initial)}
   flat_model = {jax.tree_util.keystr(path): leaf
@@ -323,12 +333,12 @@ def _state_from(jitted: JittedSteps, initial) -> Any:
                if key in flat_initial and tuple(np.shape(flat_initial[key])) != flat_model[key].shape]
   if problems:
     shown = '; '.join(problems[:8]) + (f'; and {len(problems) - 8} more' if len(problems) > 8 else '')
-    raise ConfigError(f'the initial parameters do not fit the model: {shown}')
+    raise ConfigError(f'the initial {what} do not fit the model: {shown}')
 
   def place(host, spec):
     host = np.asarray(host, spec.dtype)
     return jax.make_array_from_callback(spec.shape, spec.sharding, lambda index: host[index])
-  return jitted.init_from(jax.tree.map(place, initial, abstract))
+  return jax.tree.map(place, initial, abstract)
 
 
 @dataclasses.dataclass
@@ -568,7 +578,7 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None)
       progress_line.eval(task.quality_name, ledger.quality, ledger.progress)
       writer.write_scalars(ledger.step, {f'eval/{task.quality_name}': ledger.quality})
       interval_start, interval_steps = time.perf_counter(), 0
-      if ledger.quality >= task.target:
+      if task.reached(ledger.quality):
         status = C.SUCCESS
         break
   except BaseException as error:

@@ -7,6 +7,7 @@
   podium compare A B ... [--png P] [--html H]     runs and submissions side by side
   podium compile BENCHMARK --recipe R | --all     ahead-of-time compile for a TPU topology: fit, FLOPs
   podium export RUN_DIR --out DIR                 a trained model as a TensorFlow SavedModel
+  podium import SRC --benchmark B --recipe R --out DIR   published weights as a podium checkpoint (--init_from)
   podium bench [--models M,...]                   train-step throughput beside PyTorch; input pipelines
   podium models regnet [NAME ...]                 parameters and multiply-adds of named models
   podium launch tpu-vm ACTION NAME ... | gke ...  a Cloud TPU pod from nothing to results (gcloud, xpk)
@@ -17,6 +18,7 @@ JAX is imported only by the commands that need it, after XLA flags are set.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -55,7 +57,10 @@ def cmd_run(args) -> int:
   xla_flags.configure()
   xla_flags.skip_absent_tpu()
   from benchmarks import registry
-  config = registry.resolve(args.benchmark, args.recipe, args.set or [])
+  overrides = list(args.set or [])
+  if args.init_from:
+    overrides.append(f'model.init_checkpoint={args.init_from}')
+  config = registry.resolve(args.benchmark, args.recipe, overrides)
   from launch import runtime as runtime_lib
   runtime_lib.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   runtime_lib.enable_compilation_cache(args.compilation_cache)
@@ -67,7 +72,7 @@ def cmd_run(args) -> int:
   if is_main:
     print(f'podium: {args.benchmark}/{args.recipe} on {runtime.num_devices} '
           f'{runtime.mesh.devices.flat[0].platform} device(s), mesh {dict(runtime.mesh.shape)}, '
-          f'global batch {task.global_batch_size}, target {task.quality_name} >= {task.target}',
+          f'global batch {task.global_batch_size}, target {task.target_text}',
           flush=True)
   result = train.run(config, runtime, task, output_root=args.output)
   if is_main:
@@ -83,7 +88,7 @@ def summary(result, task) -> str:
   reached = 'reached' if result.status == 'success' else 'did NOT reach'
   ttt = f'{result.time_to_train_s:.1f} s' if result.time_to_train_s is not None else 'n/a'
   lines = [
-      f'{reached} the target {task.quality_name} >= {result.target}: '
+      f'{reached} the target {task.target_text}: '
       f'{task.quality_name} {result.quality:.4f} after {result.progress:g} {_plural(task.progress_unit)}',
       f'  time to train   {ttt}   (init {result.init_s:.1f} s, not timed)',
       f'  throughput      {result.examples_per_s:,.0f} examples/s' if result.examples_per_s else '',
@@ -161,7 +166,23 @@ def cmd_export(args) -> int:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # converting needs no accelerator
   from benchmarks import export
   path = export.export_savedmodel(args.run_dir, args.out, step=args.step)
-  print(f'SavedModel: {path} (signatures: serving_default = classify, feature_vector)')
+  info = json.loads((path / 'podium_export.json').read_text())
+  print(f'SavedModel: {path} (signatures: serving_default = {info["serving_default"]}, '
+        f'{", ".join(f for f in info["functions"] if f != info["serving_default"])})')
+  return 0
+
+
+def cmd_import(args) -> int:
+  """Published weights (PyTorch, safetensors, TF1, podium) checked against a recipe's model
+  and written as a podium checkpoint folder that --init_from reads (benchmarks/export.py)."""
+  from launch import xla_flags
+  xla_flags.configure()
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # reading weights needs no accelerator
+  from benchmarks import export
+  path = export.import_weights(args.source, args.benchmark, args.recipe, args.set or [],
+                               args.out)
+  print(f'podium checkpoint: {path} (start a run from it: podium run {args.benchmark} '
+        f'--recipe {args.recipe} --init_from {path})')
   return 0
 
 
@@ -172,10 +193,11 @@ def cmd_bench(args) -> int:
   xla_flags.skip_absent_tpu()
   from benchmarks import bench
   torch_modes = {'none': (), 'eager': ('eager',), 'both': ('eager', 'compile')}[args.torch]
-  results = bench.run(args.models.split(','), batch=args.batch, dtype=args.dtype,
-                      steps=args.steps, warmup=args.warmup, out_dir=args.out,
+  models = None if args.models == 'all' else args.models.split(',')
+  results = bench.run(models, batch=args.batch, dtype=args.dtype, rounds=args.rounds,
+                      per_round=args.steps, warmup=args.warmup, out_dir=args.out,
                       torch_modes=torch_modes, pipelines=not args.no_pipelines,
-                      quick=args.quick)
+                      quick=args.quick, profile=args.profile)
   print(bench.markdown(results), end='')
   print(f'written: {args.out}/bench.json, bench.md, bench.png')
   return 0
@@ -231,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--recipe', required=True)
   p.add_argument('--set', action='append', metavar='KEY=VALUE',
                  help='override a recipe field, e.g. --set train.global_batch_size=256')
+  p.add_argument('--init_from', default=None, metavar='PATH',
+                 help='start from these weights (= --set model.init_checkpoint=PATH): a '
+                      'PyTorch/safetensors state dict, a TF1 checkpoint (BERT), a podium run, '
+                      'checkpoint or `podium import` folder')
   p.add_argument('--output', default=None, help='results root (default: the recipe\'s output_dir)')
   p.add_argument('--compilation_cache',
                  default=os.environ.get('PODIUM_COMPILATION_CACHE', '~/.cache/podium/jax'),
@@ -288,15 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=cmd_compile)
   p = sub.add_parser('bench', help="train-step throughput, MFU and memory of podium's models "
                      'beside PyTorch on this device, and the input pipelines per core')
-  p.add_argument('--models', default='resnet50', help='comma-separated: resnet50, ...')
-  p.add_argument('--batch', type=int, default=None, help='default: 8 on a CPU, 256 on an accelerator')
-  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--steps', type=int, default=5, help='timed steps (the median is reported)')
-  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--models', default='all',
+                 help='comma-separated: resnet50, regnet, bert, wav2vec2 (default: all)')
+  p.add_argument('--batch', type=int, default=None,
+                 help="default: each model's CPU batch on a CPU, 256 on an accelerator")
+  p.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
+                 help='default: float32 on a CPU, bfloat16 on an accelerator')
+  p.add_argument('--rounds', type=int, default=3,
+                 help='interleaved rounds of podium and PyTorch steps (medians are reported)')
+  p.add_argument('--steps', type=int, default=2, help='timed steps per round and variant')
+  p.add_argument('--warmup', type=int, default=1, help='untimed steps per variant first')
   p.add_argument('--torch', default='both', choices=['none', 'eager', 'both'],
                  help='PyTorch modes to measure beside podium (both: eager and torch.compile)')
   p.add_argument('--no_pipelines', action='store_true', help='skip the input pipelines')
   p.add_argument('--quick', action='store_true', help='small inputs: checks the machinery only')
+  p.add_argument('--profile', action='store_true',
+                 help="trace podium's steps (OUT/trace) and list the costliest XLA ops")
   p.add_argument('--out', default='bench')
   p.set_defaults(fn=cmd_bench)
 
@@ -307,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--out', required=True, help='a new (or empty) folder for the SavedModel')
   p.add_argument('--step', type=int, default=None, help='a checkpoint step (default: the last)')
   p.set_defaults(fn=cmd_export)
+
+  p = sub.add_parser('import', help='published weights (PyTorch, safetensors, TF1, fairseq, '
+                     "podium) checked against a recipe's model and written as a podium "
+                     'checkpoint folder for --init_from')
+  p.add_argument('source', help='a .pt/.pth/.pyth/.bin/.safetensors file, a TF1 checkpoint '
+                 'prefix, or a podium run/checkpoint folder')
+  p.add_argument('--benchmark', required=True)
+  p.add_argument('--recipe', required=True,
+                 help='the recipe whose model the weights are for (its model.* fields)')
+  p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                 help='override a recipe field, e.g. --set model.name=regnety_400mf')
+  p.add_argument('--out', required=True, help='a new (or empty) folder for the checkpoint')
+  p.set_defaults(fn=cmd_import)
 
   p = sub.add_parser('launch', help='a Cloud TPU VM slice or GKE cluster from nothing to results: '
                      'create, setup, preflight, run, fetch, delete (gcloud, xpk)')

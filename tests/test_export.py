@@ -129,3 +129,66 @@ def test_export_refuses_to_overwrite_and_names_a_bad_run_dir(exported, tmp_path)
   missing = podium('export', str(tmp_path), '--format', 'savedmodel', '--out',
                    str(tmp_path / 'x'), cwd=ROOT)
   assert missing.returncode == 2 and 'no config.json' in missing.stderr
+
+
+@pytest.mark.slow  # ~25 s on 2 idle cores (transformers, jax2tf)
+def test_bert_exports_as_a_tf_hub_encoder_of_any_batch(tmp_path):
+  """A BERT (transformers' random weights through `podium import`) as a TF Hub-style encoder:
+  outputs equal podium's (and the pooler transformers') at two batch sizes, in a process
+  without JAX."""
+  torch = pytest.importorskip('torch')
+  from benchmarks import export, registry
+  from benchmarks import bert as bert_benchmark
+  from tests.test_bert_parity import _hf_model
+  hf = _hf_model('gelu')
+  torch.save(hf.state_dict(), tmp_path / 'bert.bin')
+  model_set = ['model.vocab_size=97', 'model.hidden_size=32', 'model.num_heads=4',
+               'model.intermediate_size=64', 'model.num_layers=2',
+               'model.max_position_embeddings=40', 'data.max_seq_length=32']
+  run_dir = tmp_path / 'run'
+  export.import_weights(tmp_path / 'bert.bin', 'bert', 'tiny_cpu', model_set,
+                        run_dir / 'checkpoints')
+  config = registry.resolve('bert', 'tiny_cpu', model_set)
+  (run_dir / 'config.json').write_text(config.to_json_best_effort())
+  saved = export.export_savedmodel(run_dir, tmp_path / 'sm')
+
+  _, spec, graphdef, params, model_state = export.trained_model(run_dir)
+  model = nnx.merge(graphdef, params, model_state)
+  rng = np.random.RandomState(0)
+  expected = {}
+  length = 32  # data.max_seq_length
+  for batch in (3, 5):
+    ids = rng.randint(0, 97, (batch, length)).astype(np.int32)
+    mask = (np.arange(length)[None] < rng.randint(5, length + 1, (batch, 1))).astype(np.int32)
+    types = (np.arange(length)[None] >= length // 2).astype(np.int32).repeat(batch, 0)
+    inputs = {'input_word_ids': ids, 'input_mask': mask, 'input_type_ids': types}
+    outputs = {**spec.functions['encoder'](model, inputs),
+               **spec.functions['pretraining_logits'](model, inputs)}
+    np.savez(tmp_path / f'in_{batch}.npz', **inputs)
+    expected[batch] = {k: np.asarray(v) for k, v in outputs.items()}
+  # The pooled output is BertModel's pooler_output (the reference).
+  with torch.no_grad():
+    reference = hf.bert(**{'input_ids': torch.tensor(np.load(tmp_path / 'in_3.npz')['input_word_ids']).long(),
+                           'attention_mask': torch.tensor(np.load(tmp_path / 'in_3.npz')['input_mask']).long(),
+                           'token_type_ids': torch.tensor(np.load(tmp_path / 'in_3.npz')['input_type_ids']).long()})
+  np.testing.assert_allclose(expected[3]['pooled_output'], reference.pooler_output.numpy(),
+                             atol=1e-4)
+  assert bert_benchmark.export_spec(config).serving == 'encoder'
+
+  out = tf_only('''
+      import numpy as np, tensorflow as tf
+      loaded = tf.saved_model.load(sys.argv[1])
+      assert set(loaded.signatures) == {'serving_default', 'pretraining_logits'}
+      for batch in (3, 5):
+        inputs = {k: tf.constant(v) for k, v in np.load(f'{sys.argv[2]}/in_{batch}.npz').items()}
+        outputs = {**loaded.signatures['serving_default'](**inputs),
+                   **loaded.signatures['pretraining_logits'](**inputs)}
+        np.savez(f'{sys.argv[2]}/out_{batch}.npz', **{k: v.numpy() for k, v in outputs.items()})
+      print('JAX', 'jax' in sys.modules)
+  ''', str(saved), str(tmp_path))
+  assert out.strip().endswith('JAX False')
+  for batch, want in expected.items():
+    got = np.load(tmp_path / f'out_{batch}.npz')
+    assert set(got) == {'sequence_output', 'pooled_output', 'mlm_logits', 'nsp_logits'}
+    for key, value in want.items():
+      np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)

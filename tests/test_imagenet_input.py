@@ -212,7 +212,7 @@ def test_eval_dataset_refuses_to_drop_examples(records_dir):
     imagenet.eval_dataset(source, local_batch_size=8, num_batches=2)
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16', 'uint8'])
 def test_train_preprocessing_output(records_dir, dtype):
   source = imagenet.ImageNetSource.from_dir(records_dir)
   pp = imagenet.ImagePreprocessing(image_size=16, eval_resize=20, dtype=dtype)
@@ -220,6 +220,8 @@ def test_train_preprocessing_output(records_dir, dtype):
   image = batch['image']
   assert image.shape == (8, 16, 16, 3) and image.dtype == tf.as_dtype(dtype).as_numpy_dtype
   assert batch['label'].dtype == np.int32
+  if dtype == 'uint8':  # pixels for the device to normalise
+    image = imagenet.normalize_pixels(image, pp)
   image = image.astype(np.float32)
   mean, std = np.array(pp.mean_rgb), np.array(pp.stddev_rgb)
   tol = 0.02 if dtype == 'bfloat16' else 1e-5
@@ -237,6 +239,40 @@ def test_fused_crop_matches_decode_then_crop(records_dir):
     # Same crops; pixels differ only where libjpeg's chroma upsampling meets the crop edge
     # (large here: these images are noise).
     assert np.mean(np.abs(a['image'] - b['image']) > 0.05) < 0.05
+
+
+def test_scaled_decode_of_large_crops(records_dir):
+  """Crops at least twice the output are decoded at 1/2 scale: same shape, close pixels."""
+  source = imagenet.ImageNetSource.from_dir(records_dir)
+  kwargs = dict(image_size=8, eval_resize=8, crop_area_range=(0.9, 1.0), dtype='uint8')
+  scaled = train_batches(source, 2, preprocessing=imagenet.ImagePreprocessing(**kwargs))
+  full = train_batches(source, 2, preprocessing=imagenet.ImagePreprocessing(
+      scaled_decode=False, **kwargs))
+  for a, b in zip(scaled, full):
+    np.testing.assert_array_equal(a['label'], b['label'])
+    assert a['image'].shape == b['image'].shape == (8, 8, 8, 3)
+    # Noise images: the 2x2 averaging of the scaled IDCT and bilinear's sampling differ most
+    # here; on photographs the bench measures a few levels.
+    assert np.mean(np.abs(a['image'].astype(int) - b['image'].astype(int))) < 40
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'dtype': 'int8'}, 'dtype must be one of uint8, float32, bfloat16'),
+    ({'dct_method': 'FLOAT'}, 'dct_method must be one of INTEGER_ACCURATE, INTEGER_FAST'),
+])
+def test_preprocessing_choices_are_checked(change, message):
+  with pytest.raises(ValueError, match=message):
+    imagenet.ImagePreprocessing(**change)
+
+
+def test_eval_in_uint8_sees_every_example_once(records_dir):
+  source = imagenet.ImageNetSource.from_dir(records_dir)
+  pp = imagenet.ImagePreprocessing(image_size=16, eval_resize=20, dtype='uint8')
+  batches = list(imagenet.eval_dataset(source, local_batch_size=8, num_batches=3,
+                                       preprocessing=pp).as_numpy_iterator())
+  labels = np.concatenate([b['label'][b['mask'] == 1] for b in batches])
+  assert sorted(labels.tolist()) == list(range(NUM_VAL))
+  assert all(b['image'].dtype == np.uint8 for b in batches)
 
 
 def test_grayscale_jpeg_decodes_to_three_channels():
@@ -257,7 +293,7 @@ def test_eval_resizes_shorter_side_then_center_crops():
   rgb = np.random.default_rng(2).integers(0, 256, (30, 50, 3), dtype=np.uint8)
   jpeg, _, _ = image_records.encode_jpeg(rgb)
   pp = imagenet.ImagePreprocessing(image_size=16, eval_resize=20)
-  decoded = tf.io.decode_jpeg(jpeg, channels=3)
+  decoded = tf.io.decode_jpeg(jpeg, **pp.decode_options())  # the train map's libjpeg options
   expected = tf.image.resize(decoded, [20, 33]).numpy()[2:18, 8:24]  # 50 * 20 / 30 = 33.3
   got = imagenet.preprocess_eval(tf.constant(jpeg), pp).numpy() * pp.stddev_rgb + pp.mean_rgb
   np.testing.assert_allclose(got, expected, atol=1e-3)

@@ -16,9 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-TORCH_SUFFIXES = ('.pt', '.pth', '.pyth', '.bin')  # .pyth: pycls's model zoo
-SAFETENSORS_SUFFIXES = ('.safetensors',)
-
 
 def to_numpy(value: Any) -> np.ndarray:
   """A state-dict value as a numpy array: torch tensors by duck typing, else np.asarray."""
@@ -115,36 +112,7 @@ def copy_state_dict(
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads a PyTorch checkpoint: ``.pt``/``.pth``/``.bin`` with torch, ``.safetensors``.
-
-  Checkpoints that wrap the weights (``{'state_dict': ...}``, ``{'model': ...}``, pycls's
-  ``{'model_state': ...}``) are unwrapped.
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'PyTorch checkpoint {path!r} does not exist')
-  if path.endswith(SAFETENSORS_SUFFIXES):
-    try:
-      from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(f'Reading {path!r} needs the safetensors package: '
-                        'pip install safetensors') from e
-    # framework='flax' reads bfloat16 tensors too (numpy cannot hold them).
-    with safe_open(path, framework='flax') as f:
-      return {key: f.get_tensor(key) for key in f.keys()}
-  if path.endswith(TORCH_SUFFIXES):
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(f'Reading {path!r} needs PyTorch (pip install torch), or convert '
-                        'the checkpoint to .safetensors, which needs only safetensors') from e
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-    for wrapper in ('state_dict', 'model', 'model_state'):
-      if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
-        loaded = loaded[wrapper]
-    if not isinstance(loaded, Mapping):
-      raise ValueError(f'{path!r} holds a {type(loaded).__name__}, not a state dict '
-                       '(a mapping from names to tensors)')
-    return dict(loaded)
-  raise ValueError(f'Unknown checkpoint format {path!r}; valid suffixes: '
-                   f'{", ".join(TORCH_SUFFIXES + SAFETENSORS_SUFFIXES)}')
+  """Reads a PyTorch (``.pt``/``.pth``/``.bin``, fairseq's included) or ``.safetensors``
+  state dict, unwrapping ``{'state_dict'|'model'|'model_state': ...}``: see weight_files."""
+  from models.importers import weight_files  # pylint: disable=import-outside-toplevel
+  return weight_files.read_state_dict(path)
