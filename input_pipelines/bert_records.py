@@ -39,7 +39,6 @@ import dataclasses
 import hashlib
 import os
 import random
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +46,7 @@ import tensorflow as tf
 
 from input_pipelines.bert_tokenizer import FullTokenizer
 from input_pipelines import manifest as manifest_lib
+from input_pipelines import shard_writer
 from input_pipelines.errors import DataError
 
 MANIFEST_NAME = manifest_lib.MANIFEST_NAME
@@ -248,20 +248,11 @@ def write_records(input_paths: Sequence[str | os.PathLike], output_paths: Sequen
 
 
 def _write_serialized(records: Iterable[bytes], output_paths: Sequence[str | os.PathLike]) -> list[int]:
-  outputs = [os.fspath(p) for p in output_paths]
-  token = uuid.uuid4().hex
-  tmp = [os.path.join(os.path.dirname(p), f'.{os.path.basename(p)}.tmp-{token}') for p in outputs]
-  counts = [0] * len(outputs)
-  writers = [tf.io.TFRecordWriter(p) for p in tmp]
-  try:
+  counts = [0] * len(output_paths)
+  with shard_writer.write_shards(output_paths) as shards:
     for i, record in enumerate(records):
-      writers[i % len(writers)].write(record)
-      counts[i % len(writers)] += 1
-  finally:
-    for w in writers:
-      w.close()
-  for t, p in zip(tmp, outputs):
-    os.replace(t, p)
+      shards.writers[i % len(output_paths)].write(record)
+      counts[i % len(output_paths)] += 1
   return counts
 
 

@@ -20,7 +20,6 @@ import dataclasses
 import io
 import os
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +28,7 @@ import tensorflow as tf
 from PIL import Image
 
 from input_pipelines import manifest as manifest_lib
+from input_pipelines import shard_writer
 from input_pipelines.errors import DataError
 
 MANIFEST_NAME = manifest_lib.MANIFEST_NAME
@@ -184,37 +184,20 @@ def write_image_classification_split(
   splits = {k: v for k, v in (manifest or {}).get('splits', {}).items() if k != split}
   update_manifest(out_dir, num_classes, splits=splits)
   names = [shard_name(split, i, num_shards) for i in range(num_shards)]
-  token = uuid.uuid4().hex
-  tmp_paths = [os.path.join(out_dir, f'.{name}.tmp-{token}') for name in names]
   counts = [0] * num_shards
-  writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
-  try:
+  with shard_writer.write_shards([os.path.join(out_dir, n) for n in names]) as shards:
     for i, example in enumerate(examples):
       if not 0 <= int(example.label) < num_classes:
         raise ValueError(f'{split} example {i} has label {example.label}; labels are '
                          f'0-based and must lie in [0, {num_classes})')
       shard = i % num_shards
       proto = to_tf_example(example, default_filename=f'{split}_{i:08d}.JPEG')
-      writers[shard].write(proto.SerializeToString())
+      shards.writers[shard].write(proto.SerializeToString())
       counts[shard] += 1
-    for w in writers:
-      w.close()
     if counts[-1] == 0:
       raise ValueError(f'{split}: {sum(counts)} examples cannot fill {num_shards} shards; '
                        f'use num_shards <= {max(sum(counts), 1)} (empty shards are invalid)')
-  except BaseException:
-    for w in writers:
-      w.close()
-    for p in tmp_paths:
-      if tf.io.gfile.exists(p):
-        tf.io.gfile.remove(p)
-    raise
-  for tmp, name in zip(tmp_paths, names):
-    tf.io.gfile.rename(tmp, os.path.join(out_dir, name), overwrite=True)
-  pattern = shard_pattern(split)
-  for existing in tf.io.gfile.listdir(out_dir):
-    if pattern.match(existing) and existing not in names:
-      tf.io.gfile.remove(os.path.join(out_dir, existing))
+  shard_writer.remove_stale_shards(out_dir, shard_pattern(split), names)
   splits = dict(read_manifest(out_dir)['splits'])
   splits[split] = {'num_examples': sum(counts), 'files': dict(zip(names, counts))}
   return update_manifest(out_dir, num_classes, splits=splits)
