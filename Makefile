@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # simulated host devices so sharding code is exercised on one CPU.
 TEST_ENV := JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
 PYTEST_WORKERS ?= 2
-BENCH_MODELS ?= resnet50
+BENCH_MODELS ?= all
 
 .PHONY: run test test-all lint bench clean setup aot
 
@@ -42,8 +42,9 @@ aot: $(STAMP)
 	  || $(PY) -m pip install --quiet -e '.[tpu]'
 	JAX_PLATFORMS=cpu $(VENV)/bin/podium compile --all
 
-# Train-step throughput of each model beside PyTorch (eager and torch.compile) on this
-# device, and the input pipelines per core: bench/bench.md, bench.json, bench.png.
+# Train-step throughput of ResNet-50, RegNetY-1.6GF, BERT-base and wav2vec2 BASE beside
+# transformers' PyTorch models (eager and torch.compile) on this device, and the input
+# pipelines per core: bench/bench.md, bench.json, bench.png (BENCH_MODELS=resnet50,bert ...).
 bench: $(STAMP)
 	$(VENV)/bin/podium bench --models $(BENCH_MODELS) --out bench
 

@@ -317,12 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--models', default='all',
                  help='comma-separated: resnet50, regnet, bert, wav2vec2 (default: all)')
   p.add_argument('--batch', type=int, default=None,
-                 help="default: each model's CPU batch on a CPU, 256 on an accelerator")
+                 help="default: each model's batch for a CPU or for an accelerator (bench.CASES)")
   p.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
                  help='default: float32 on a CPU, bfloat16 on an accelerator')
   p.add_argument('--rounds', type=int, default=3,
                  help='interleaved rounds of podium and PyTorch steps (medians are reported)')
-  p.add_argument('--steps', type=int, default=2, help='timed steps per round and variant')
+  p.add_argument('--steps', type=int, default=1, help='timed steps per round and variant')
   p.add_argument('--warmup', type=int, default=1, help='untimed steps per variant first')
   p.add_argument('--torch', default='both', choices=['none', 'eager', 'both'],
                  help='PyTorch modes to measure beside podium (both: eager and torch.compile)')

@@ -1,35 +1,132 @@
 """`podium bench`: the machinery that measures podium beside PyTorch and the input pipeline.
 
 Numbers are not asserted (they belong to `make bench`, on a quiet machine); what is: every
-measurement is taken and written, the pipeline variants decode the same records, and the
-tables say what was measured."""
+measurement is taken and written, each PyTorch twin trains on inputs of the shapes podium's
+step gets, the pipeline variants decode the same records, and the tables say what was
+measured."""
 
 import json
+import re
 
+import numpy as np
 import pytest
 
 from benchmarks import bench
 
 
-def test_imagenet_pipeline_bench_on_real_photographs(tmp_path):
-  data = bench.photo_records(str(tmp_path / 'photos'), count=16)
-  result = bench.bench_imagenet_pipeline(data, rounds=1)
-  podium = result['podium (decode_and_crop_jpeg)']
-  baseline = result['baseline (decode, then crop)']
-  assert podium['images_per_core_s'] > 0 and baseline['images_per_core_s'] > 0
-  assert result['ratio'] == pytest.approx(podium['images_per_core_s'] / baseline['images_per_core_s'])
-  table = bench.markdown({'device': 'cpu x1', 'models': [], 'imagenet_pipeline': result})
-  assert 'decode_and_crop_jpeg' in table and 'TPU v4 host' in table
+# What podium's batch holds -> the twin's input of the same data (None: drawn inside the step).
+_SAME_INPUT = {
+    'resnet50': {'image': 'pixel_values', 'label': 'labels'},
+    'regnet': {'image': 'pixel_values', 'label': 'labels'},
+    'bert': {key: key for key in ('input_ids', 'input_mask', 'segment_ids', 'masked_lm_positions',
+                                  'masked_lm_ids', 'masked_lm_weights', 'next_sentence_labels')},
+    'wav2vec2': {'audio': 'input_values'},
+}
+
+
+@pytest.mark.parametrize('name', sorted(bench.CASES))
+def test_pytorch_twin_trains_on_podiums_input_shapes(name):
+  """The twin of every case builds from podium's (quick) config, takes inputs of the shapes
+  of podium's batch (images are NCHW there, NHWC in podium), and one train step moves its
+  parameters."""
+  import torch
+  from benchmarks import registry
+  from launch import runtime as runtime_lib
+  import jax
+  case = bench.CASES[name]
+  config = bench._config(case, quick=True, extra=('train.global_batch_size=2',
+                                                    'train.eval_batch_size=2'))
+  runtime = runtime_lib.Runtime.from_config(config, devices=jax.devices()[:1])
+  task = registry.load_benchmark(case.benchmark).build_task(config, runtime)
+  spec = task.input_spec(eval=False)
+  task.close()
+  twin = case.torch_step(config, 2, 'cpu')
+  for ours, theirs in _SAME_INPUT[name].items():
+    shape = tuple(spec[ours].shape)
+    if ours == 'image':
+      shape = (shape[0], shape[3], shape[1], shape[2])
+    assert tuple(twin.inputs[theirs].shape) == shape, (ours, theirs)
+  twin.model.train()
+  before = [p.detach().clone() for p in twin.model.parameters()]
+  loss = twin.loss_of(twin.model(**twin.inputs))
+  assert torch.isfinite(loss)
+  loss.backward()
+  twin.optimizer.step()
+  moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, twin.model.parameters()))
+  assert moved > len(before) // 2
+
+
+def test_bench_runs_podium_and_pytorch_side_by_side(tmp_path):
+  """The whole command path on the cheapest case: podium's compiled step and PyTorch eager,
+  interleaved; JSON, the table row and the plot are written."""
+  results = bench.run(['bert'], dtype='float32', rounds=2, per_round=1, warmup=0,
+                      out_dir=str(tmp_path), torch_modes=('eager',), pipelines=False, quick=True)
+  row = results['models'][0]
+  podium, eager = row['podium'], row['torch_eager']
+  assert podium['examples_per_s'] > 0 and podium['model_flops_per_step'] > 0
+  assert podium['step_memory_bytes'] > 0 and podium['compile_s'] > 0
+  assert len(podium['step_times_s']) == len(eager['step_times_s']) == 2
+  assert podium['threads'] == eager['threads']  # PyTorch gets XLA's intra-op thread count
+  assert row['ratio_vs_torch_eager'] == pytest.approx(eager['step_s'] / podium['step_s'])
+  assert len(row['round_ratios_vs_torch_eager']) == 2
+  assert np.isfinite(podium['mfu']) and podium['mfu'] > 0
+  saved = json.loads((tmp_path / 'bench.json').read_text())
+  assert saved['models'][0]['model'] == 'bert' and saved['load_average']
+  table = (tmp_path / 'bench.md').read_text()
+  assert '| bert | float32 | 2 | 2 layers, seq 32 |' in table
+  assert f'{row["ratio_vs_torch_eager"]:.2f}x' in table and 'AdamW for LAMB' in table
+  assert (tmp_path / 'bench.png').stat().st_size > 0
+
+
+def test_unknown_model_is_named():
+  from benchmarks.config import ConfigError
+  with pytest.raises(ConfigError, match=r"unknown model\(s\) \['vgg'\]; valid: resnet50"):
+    bench.run(['vgg'], out_dir='/nonexistent', pipelines=False)
 
 
 @pytest.mark.slow
-def test_bench_measures_podium_and_pytorch(tmp_path):
-  results = bench.run(['resnet50'], batch=2, dtype='float32', steps=1, warmup=1,
-                      out_dir=str(tmp_path), torch_modes=('eager',), pipelines=False, quick=True)
-  row = results['models'][0]
-  assert row['podium']['examples_per_s'] > 0 and row['podium']['model_flops_per_step'] > 0
-  assert row['podium']['step_memory_bytes'] > 0 and row['torch_eager']['examples_per_s'] > 0
-  saved = json.loads((tmp_path / 'bench.json').read_text())
-  assert saved['models'][0]['model'] == 'resnet50'
-  assert '| resnet50 | float32 | 2 |' in (tmp_path / 'bench.md').read_text()
-  assert (tmp_path / 'bench.png').stat().st_size > 0
+def test_bench_quick_measures_every_model_and_both_pytorch_modes(tmp_path):
+  results = bench.run(None, rounds=1, per_round=1, warmup=1, out_dir=str(tmp_path),
+                      pipelines=False, quick=True)
+  assert [row['model'] for row in results['models']] == list(bench.CASES)
+  for row in results['models']:
+    assert row['podium']['examples_per_s'] > 0
+    for key in ('torch_eager', 'torch_compile'):
+      assert row[key] is not None, row.get(f'{key}_error')
+      assert row[key]['examples_per_s'] > 0
+  table = (tmp_path / 'bench.md').read_text()
+  assert all(f'| {name} |' in table for name in bench.CASES)
+
+
+@pytest.mark.parametrize('shape, kernel, stride, groups, padding', [
+    ((2, 9, 9, 12), (3, 3, 4, 6), 2, 3, ((1, 1), (1, 1))),   # RegNet's strided 3x3 group conv
+    ((2, 17, 8), (6, 2, 8), 1, 4, ((3, 2),)),                 # wav2vec2's even-kernel pos conv
+])
+def test_grouped_conv_gradients_equal_xlas(shape, kernel, stride, groups, padding):
+  """The CPU fix behind RegNet's and wav2vec2's bench rows: layers' grouped convolution
+  computes the kernel gradient from input patches; both gradients equal XLA's own."""
+  import jax
+  import jax.numpy as jnp
+  from models import layers
+  spatial = len(shape) - 2
+  numbers = ('NHWC', 'HWIO', 'NHWC') if spatial == 2 else ('NWC', 'WIO', 'NWC')
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(kernel), jnp.float32)
+
+  def grads(conv):
+    def loss(x, w):
+      return jnp.sum(jnp.sin(conv(x, w, (stride,) * spatial, padding, dimension_numbers=numbers,
+                                  feature_group_count=groups)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+  ours = grads(layers.grouped_conv_general_dilated)
+  theirs = grads(jax.lax.conv_general_dilated)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  hlo = jax.jit(jax.grad(lambda w: jnp.sum(layers.grouped_conv_general_dilated(
+      x, w, (stride,) * spatial, padding, dimension_numbers=numbers,
+      feature_group_count=groups)))).lower(w).as_text()
+  # XLA:CPU's slow kernel-gradient convolution (batch groups > 1) is gone.
+  assert re.findall(r'batch_group_count = (\d+)', hlo) and not [
+      n for n in re.findall(r'batch_group_count = (\d+)', hlo) if int(n) > 1]
