@@ -22,6 +22,8 @@ BENCHMARK_MODULES = {
     'bert': 'benchmarks.bert',
     'resnet50': 'benchmarks.resnet50',
     'regnet': 'benchmarks.regnet',
+    'wav2vec2_ctc': 'benchmarks.wav2vec2',
+    'wav2vec2_pretrain': 'benchmarks.wav2vec2',
 }
 
 _RECIPES: dict[str, dict[str, 'Recipe']] = {}
