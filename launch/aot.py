@@ -365,7 +365,6 @@ def resolve(benchmark: str, recipe: str, overrides: Iterable[str] = (),
 def compile_recipe(config, spec: TopologySpec, *, devices: Sequence | None = None,
                    usable_hbm: int | None = None) -> CompileReport:
   """Compiles `config`'s train step for `spec` exactly as `benchmarks.train.run` does."""
-  import jax
   from benchmarks import registry
   from benchmarks.flops import lowered_flops
   from benchmarks.train import jit_steps
