@@ -192,3 +192,73 @@ def test_bert_exports_as_a_tf_hub_encoder_of_any_batch(tmp_path):
     assert set(got) == {'sequence_output', 'pooled_output', 'mlm_logits', 'nsp_logits'}
     for key, value in want.items():
       np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.slow  # ~30 s on 2 idle cores (transformers, jax2tf)
+def test_wav2vec2_ctc_exports_audio_signatures_of_any_batch(tmp_path, monkeypatch):
+  """A wav2vec2 CTC model (transformers' random weights through `podium import`) exports
+  `ctc_logits` (serving_default) and `features` on raw audio + lengths: outputs equal podium's
+  in a process without JAX, and the logits equal transformers' on the valid frames."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from benchmarks import export, registry
+  from input_pipelines import librispeech
+  from models import wav2vec2 as w2v
+  from models.importers import pytorch_wav2vec2 as importer
+  torch.manual_seed(0)
+  hf_config = transformers.Wav2Vec2Config(
+      hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+      conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+      feat_extract_norm='layer', do_stable_layer_norm=True, conv_bias=True, vocab_size=32)
+  hf = transformers.Wav2Vec2ForCTC(hf_config).eval()
+  torch.save(hf.state_dict(), tmp_path / 'ctc.bin')
+  monkeypatch.setitem(w2v.WAV2VEC2_CONFIGS, 'from_hf', importer.config_from_transformers(hf_config))
+  model_set = ['model.name=from_hf']
+  run_dir = tmp_path / 'run'
+  export.import_weights(tmp_path / 'ctc.bin', 'wav2vec2_ctc', 'espeak_cpu', model_set,
+                        run_dir / 'checkpoints')
+  config = registry.resolve('wav2vec2_ctc', 'espeak_cpu', model_set)
+  (run_dir / 'config.json').write_text(config.to_json_best_effort())
+  saved = export.export_savedmodel(run_dir, tmp_path / 'sm')
+
+  _, spec, graphdef, params, model_state = export.trained_model(run_dir)
+  model = nnx.merge(graphdef, params, model_state)
+  samples = max(config.data.eval_bucket_lengths)
+  rng = np.random.RandomState(0)
+  expected = {}
+  for batch in (2, 3):
+    lengths = rng.randint(samples // 2, samples + 1, batch).astype(np.int32)
+    audio = (rng.randn(batch, samples) * 0.1).astype(np.float32)
+    audio[np.arange(samples)[None] >= lengths[:, None]] = 0.0
+    inputs = {'audio': audio, 'lengths': lengths}
+    np.savez(tmp_path / f'in_{batch}.npz', **inputs)
+    expected[batch] = {k: np.asarray(v) for fn in spec.functions.values()
+                       for k, v in fn(model, inputs).items()}
+  # transformers on the same utterances, each normalised as the input pipeline does.
+  inputs = np.load(tmp_path / 'in_2.npz')
+  for row, length in enumerate(inputs['lengths']):
+    wave = inputs['audio'][row, :length]
+    wave = (wave - wave.mean()) / np.sqrt(wave.var() + librispeech.NORMALIZE_EPSILON)
+    with torch.no_grad():
+      reference = hf(torch.tensor(wave[None])).logits[0].numpy()
+    np.testing.assert_allclose(expected[2]['ctc_logits'][row, :len(reference)], reference,
+                               atol=1e-3)
+    assert expected[2]['frame_mask'][row].sum() == len(reference)
+
+  out = tf_only('''
+      import numpy as np, tensorflow as tf
+      loaded = tf.saved_model.load(sys.argv[1])
+      assert set(loaded.signatures) == {'serving_default', 'features'}, set(loaded.signatures)
+      for batch in (2, 3):
+        inputs = {k: tf.constant(v) for k, v in np.load(f'{sys.argv[2]}/in_{batch}.npz').items()}
+        outputs = {**loaded.signatures['serving_default'](**inputs),
+                   **loaded.signatures['features'](**inputs)}
+        np.savez(f'{sys.argv[2]}/out_{batch}.npz', **{k: v.numpy() for k, v in outputs.items()})
+      print('JAX', 'jax' in sys.modules)
+  ''', str(saved), str(tmp_path))
+  assert out.strip().endswith('JAX False')
+  for batch, want in expected.items():
+    got = np.load(tmp_path / f'out_{batch}.npz')
+    assert set(got) == {'ctc_logits', 'features', 'frame_mask'}
+    for key, value in want.items():
+      np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)

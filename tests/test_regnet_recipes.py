@@ -137,5 +137,6 @@ def test_regnet_recipes_are_listed(capsys):
   assert cli.main(['recipes', 'regnet']) == 0
   out = capsys.readouterr().out
   assert 'regnety_4_0gf ' in out and 'digits_cpu ' in out and 'tpu_v4_32_regnety_4_0gf_bs1024' in out
-  assert out.count('\n') == 1 + len(PYCLS_ZOO) + 4 + 1
+  assert 'folder_finetune ' in out
+  assert out.count('\n') == 1 + len(PYCLS_ZOO) + 4 + 1 + 1  # + digits_cpu, folder_finetune
   assert regnet_benchmark.target_accuracy('regnety_4_0gf') == 0.789

@@ -51,7 +51,8 @@ def train_steps(layout, batches):
 @pytest.fixture(scope='module')
 def reference_batches():
   rng = np.random.default_rng(0)
-  return [{'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+  # uint8 pixels: what the ImageNet pipeline sends (data.transfer_dtype); the step normalises.
+  return [{'image': rng.integers(0, 256, size=(16, 16, 16, 3)).astype(np.uint8),
            'label': rng.integers(0, 10, size=(16,)).astype(np.int32)} for _ in range(4)]
 
 
