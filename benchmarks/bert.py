@@ -27,7 +27,7 @@ from mlperf_logging.mllog import constants as C
 from benchmarks import optimizers
 from benchmarks.config import ConfigError, loop_config
 from benchmarks.registry import recipe
-from benchmarks.task import Block, Task, process_input_shards
+from benchmarks.task import Task, sample_blocks
 from input_pipelines import bert_pretraining, bert_records
 from input_pipelines.errors import DataError
 from models import bert as bert_lib
@@ -244,14 +244,6 @@ class BertTask(Task):
     except bert_layout.CheckpointMismatch as e:
       raise ConfigError(f'model.init_checkpoint: {e}') from None
 
-  def _input_shards(self) -> list[int]:
-    return process_input_shards(self.config, self.runtime, self.local_batch_size,
-                                self.local_eval_batch_size)
-
-  @property
-  def num_input_shards(self) -> int:
-    return self.config.data.input_shards or self.runtime.process_count
-
   # -- model, optimizer, loss, metric ------------------------------------------------------
 
   def _new_model(self, rngs):
@@ -364,15 +356,7 @@ class BertTask(Task):
       if step >= self.total_steps:
         break
       k += 1
-    blocks, start = [], 0
-    for end in ends:
-      blocks.append(Block(
-          end_step=end,
-          start_metadata={C.FIRST_EPOCH_NUM: start * batch, C.EPOCH_COUNT: (end - start) * batch},
-          eval_metadata={C.EPOCH_NUM: end * batch},
-          progress=float(end * batch)))
-      start = end
-    return blocks
+    return sample_blocks(ends, batch)
 
   def hyperparameters(self):
     opt, data = self.config.optimizer, self.config.data

@@ -23,7 +23,7 @@ from mlperf_logging.mllog import constants as C
 
 from benchmarks import optimizers
 from benchmarks.config import ConfigError, loop_config
-from benchmarks.task import Block, Task, process_input_shards
+from benchmarks.task import Block, Task
 from input_pipelines import imagenet
 
 ModelFactory = Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
@@ -270,14 +270,6 @@ class ImageClassificationTask(Task):
     self.steps_per_epoch = self.train_samples / self.global_batch_size
     self._schedule = self._learning_rate_schedule()
     self._eval_num_batches = None
-
-  def _input_shards(self) -> list[int]:
-    return process_input_shards(self.config, self.runtime, self.local_batch_size,
-                                self.local_eval_batch_size)
-
-  @property
-  def num_input_shards(self) -> int:
-    return self.config.data.input_shards or self.runtime.process_count
 
   # -- model, loss, metric ---------------------------------------------------------------
 

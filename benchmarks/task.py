@@ -117,6 +117,17 @@ class Task(abc.ABC):
   def close(self) -> None:
     """Releases input resources."""
 
+  # -- for tasks that read sharded input (they set config, runtime and the local batches) --
+
+  def _input_shards(self) -> list[int]:
+    return process_input_shards(self.config, self.runtime, self.local_batch_size,
+                                self.local_eval_batch_size)
+
+  @property
+  def num_input_shards(self) -> int:
+    """Input shards across all processes (`data.input_shards`, 0: one per process)."""
+    return self.config.data.input_shards or self.runtime.process_count
+
 
 def process_input_shards(config, runtime, local_batch_size: int,
                          local_eval_batch_size: int) -> list[int]:
@@ -133,3 +144,19 @@ def process_input_shards(config, runtime, local_batch_size: int,
         f'eval) a multiple of its {max(per_process, 1)} shards')
   first = runtime.process_index * per_process
   return list(range(first, first + per_process))
+
+
+def sample_blocks(ends: list[int], global_batch_size: int) -> list[Block]:
+  """Blocks ending at the steps `ends`, with progress and MLPerf metadata in samples (the
+  'epoch' keys count samples, as BERT's and wav2vec2's logs do)."""
+  from mlperf_logging.mllog import constants as C  # pylint: disable=import-outside-toplevel
+  blocks, start = [], 0
+  for end in ends:
+    blocks.append(Block(
+        end_step=end,
+        start_metadata={C.FIRST_EPOCH_NUM: start * global_batch_size,
+                        C.EPOCH_COUNT: (end - start) * global_batch_size},
+        eval_metadata={C.EPOCH_NUM: end * global_batch_size},
+        progress=float(end * global_batch_size)))
+    start = end
+  return blocks

@@ -46,7 +46,7 @@ from benchmarks import optimizers
 from benchmarks import wer as wer_lib
 from benchmarks.config import ConfigError, loop_config
 from benchmarks.registry import recipe
-from benchmarks.task import Block, Task, process_input_shards
+from benchmarks.task import Task, sample_blocks
 from input_pipelines import librispeech
 from input_pipelines import librispeech_records as records
 from models import wav2vec2 as w2v
@@ -213,14 +213,6 @@ class Wav2Vec2Task(Task):
       self.steps_per_epoch = self.batches.steps_per_epoch
     self._schedule = self._learning_rate_schedule()
 
-  def _input_shards(self) -> list[int]:
-    return process_input_shards(self.config, self.runtime, self.local_batch_size,
-                                self.local_eval_batch_size)
-
-  @property
-  def num_input_shards(self) -> int:
-    return self.config.data.input_shards or self.runtime.process_count
-
   # -- schedule and optimizer --------------------------------------------------------------
 
   def _learning_rate_schedule(self):
@@ -281,15 +273,7 @@ class Wav2Vec2Task(Task):
     """An eval every `eval_every_steps` steps and at `max_steps`; progress in utterances."""
     every, batch = self.config.train.eval_every_steps, self.global_batch_size
     ends = list(range(every, self.total_steps, every)) + [self.total_steps]
-    blocks, start = [], 0
-    for end in ends:
-      blocks.append(Block(
-          end_step=end,
-          start_metadata={C.FIRST_EPOCH_NUM: start * batch, C.EPOCH_COUNT: (end - start) * batch},
-          eval_metadata={C.EPOCH_NUM: end * batch},
-          progress=float(end * batch)))
-      start = end
-    return blocks
+    return sample_blocks(ends, batch)
 
   # -- model -------------------------------------------------------------------------------
 
