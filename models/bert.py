@@ -41,6 +41,10 @@ from flax import nnx
 from models import layers
 
 ACTIVATIONS = ('gelu_tanh', 'gelu', 'relu')
+# 'xla': scores, softmax and dropout as XLA ops (any device, attention dropout as in MLPerf);
+# 'cudnn': cuDNN's fused flash attention on NVIDIA GPUs (jax.nn.dot_product_attention), which
+# never writes the [B, N, S, S] scores to memory but has no attention dropout.
+ATTENTION = ('xla', 'cudnn')
 # TF BERT's additive mask for padding keys; exp(-10000) is 0 in float32, as -inf would be,
 # without producing NaN when a whole row is masked.
 MASK_VALUE = -10000.0
@@ -62,8 +66,15 @@ class BertConfig:
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   initializer_range: float = 0.02
+  attention: str = 'xla'
 
   def __post_init__(self):
+    if self.attention not in ATTENTION:
+      raise ValueError(f'BertConfig attention={self.attention!r}; valid: {", ".join(ATTENTION)}')
+    if self.attention == 'cudnn' and self.attention_dropout:
+      raise ValueError(f"BertConfig attention='cudnn' has no attention dropout; set "
+                       f'attention_dropout=0.0 (got {self.attention_dropout}) or use '
+                       f"attention='xla'")
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f'BertConfig hidden_act={self.hidden_act!r}; valid: {", ".join(ACTIVATIONS)} '
                        "(TF BERT's and MLPerf's 'gelu' is 'gelu_tanh'; Hugging Face's 'gelu' is "
@@ -166,6 +177,28 @@ class Embeddings(nnx.Module):
     return _dropout(x, self.dropout, train, rngs)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+  """The padding mask in the two forms the attention implementations take."""
+  bias: jax.Array       # [B, 1, 1, S] float32: 0 for real keys, MASK_VALUE for padding
+  lengths: jax.Array    # [B] int32: real keys per row (the records pad at the end)
+
+  @classmethod
+  def of(cls, input_mask: jax.Array) -> 'AttentionMask':
+    return cls((1.0 - input_mask.astype(jnp.float32))[:, None, None, :] * MASK_VALUE,
+               jnp.sum(input_mask != 0, axis=-1).astype(jnp.int32))
+
+
+def fused_attention(q, k, v, lengths, *, implementation: str = 'cudnn'):
+  """softmax(q k^T / sqrt(h)) v over the first `lengths` keys of each row, [B, S, N, H].
+
+  One fused kernel on cuDNN (flash attention: the scores stay on chip). Padding is given as
+  key lengths, so the input mask must be ones then zeros -- as BERT's records are written;
+  with 'xla' the same call runs anywhere (what the tests compare against the einsum path)."""
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                      implementation=implementation)
+
+
 class SelfAttention(nnx.Module):
   """Multi-head self-attention, output projection, residual, LayerNorm (post-LN)."""
 
@@ -175,6 +208,7 @@ class SelfAttention(nnx.Module):
     self.head_dim = c.head_dim
     self.dropout = c.hidden_dropout
     self.attention_dropout = c.attention_dropout
+    self.implementation = c.attention
     shape = (c.hidden_size, c.num_heads, c.head_dim)
 
     def heads_in():
@@ -192,15 +226,18 @@ class SelfAttention(nnx.Module):
         dtype=opts.dtype, param_dtype=opts.param_dtype, precision=opts.precision, rngs=rngs)
     self.norm = opts.norm(rngs=rngs)
 
-  def __call__(self, x, mask_bias, *, train, rngs):
+  def __call__(self, x, mask, *, train, rngs):
     names = ('batch', 'length', 'heads', 'kv')
     q = layers.with_logical_constraint(self.query(x), names)
     k = layers.with_logical_constraint(self.key(x), names)
     v = layers.with_logical_constraint(self.value(x), names)
-    scores = jnp.einsum('bqnh,bknh->bnqk', q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(self.head_dim) + mask_bias
-    probs = _dropout(jax.nn.softmax(scores, axis=-1), self.attention_dropout, train, rngs)
-    context = jnp.einsum('bnqk,bknh->bqnh', probs.astype(self.dtype), v)
+    if self.implementation == 'xla':
+      scores = jnp.einsum('bqnh,bknh->bnqk', q, k, preferred_element_type=jnp.float32)
+      scores = scores / math.sqrt(self.head_dim) + mask.bias
+      probs = _dropout(jax.nn.softmax(scores, axis=-1), self.attention_dropout, train, rngs)
+      context = jnp.einsum('bnqk,bknh->bqnh', probs.astype(self.dtype), v)
+    else:
+      context = fused_attention(q, k, v, mask.lengths, implementation=self.implementation)
     context = layers.with_logical_constraint(context, names)
     y = _dropout(self.output(context), self.dropout, train, rngs)
     return self.norm((y + x).astype(jnp.float32)).astype(self.dtype)
@@ -219,8 +256,8 @@ class Layer(nnx.Module):
     self.output = opts.dense(c.intermediate_size, c.hidden_size, ('mlp', 'embed'), rngs=rngs)
     self.norm = opts.norm(rngs=rngs)
 
-  def __call__(self, x, mask_bias, *, train, rngs):
-    x = self.attention(x, mask_bias, train=train, rngs=rngs)
+  def __call__(self, x, mask, *, train, rngs):
+    x = self.attention(x, mask, train=train, rngs=rngs)
     h = activation(self.act)(self.intermediate(x))
     h = layers.with_logical_constraint(h, ('batch', 'length', 'mlp'))
     y = _dropout(self.output(h), self.dropout, train, rngs)
@@ -263,11 +300,11 @@ class BertForPreTraining(nnx.Module):
     if input_ids.shape[1] > self.config.max_position_embeddings:
       raise ValueError(f'sequence length {input_ids.shape[1]} exceeds max_position_embeddings='
                        f'{self.config.max_position_embeddings}')
-    mask_bias = (1.0 - input_mask.astype(jnp.float32))[:, None, None, :] * MASK_VALUE
+    mask = AttentionMask.of(input_mask)
     x = self.embeddings(input_ids, segment_ids, train=train, rngs=rngs)
     x = layers.with_logical_constraint(x, ('batch', 'length', 'embed'))
     for layer in self.layers:
-      x = layer(x, mask_bias, train=train, rngs=rngs)
+      x = layer(x, mask, train=train, rngs=rngs)
     return x
 
   def __call__(self, input_ids, input_mask, segment_ids, masked_lm_positions=None, *,

@@ -104,3 +104,38 @@ def test_an_untied_decoder_is_refused():
   state['cls.predictions.decoder.weight'] += 1.0
   with pytest.raises(bert_layout.CheckpointMismatch, match='untied'):
     pytorch_bert.load_pytorch_bert(model, state)
+
+
+def test_fused_attention_call_matches_the_einsum_path_on_padded_rows():
+  """model.attention='cudnn' hands q, k, v and the key lengths to jax.nn.dot_product_attention;
+  the same call with XLA's implementation must give the einsum path's context (padding at the
+  end, as BERT's records have it). The cuDNN kernel itself needs an NVIDIA GPU."""
+  import jax
+  import jax.numpy as jnp
+  config = bert_lib.BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                               intermediate_size=64, max_position_embeddings=16,
+                               hidden_dropout=0.0, attention_dropout=0.0)
+  model = bert_lib.BertForPreTraining(config, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(0, 64, (3, 16)), jnp.int32)
+  mask = jnp.asarray(np.arange(16)[None] < np.array([[16], [9], [4]]), jnp.int32)
+  segments = jnp.zeros_like(ids)
+  expected = model.encode(ids, mask, segments)
+  for layer in model.layers:
+    layer.attention.implementation = 'xla_fused'  # the fused call, on XLA
+  original = bert_lib.fused_attention
+  try:
+    bert_lib.fused_attention = lambda q, k, v, lengths, implementation: original(
+        q, k, v, lengths, implementation='xla')
+    fused = model.encode(ids, mask, segments)
+  finally:
+    bert_lib.fused_attention = original
+  real = np.asarray(mask, bool)
+  np.testing.assert_allclose(np.asarray(fused)[real], np.asarray(expected)[real], atol=2e-5)
+  jax.block_until_ready(fused)
+
+
+def test_cudnn_attention_refuses_attention_dropout():
+  with pytest.raises(ValueError, match="attention='cudnn' has no attention dropout"):
+    bert_lib.BertConfig(attention='cudnn')
+  assert bert_lib.BertConfig(attention='cudnn', attention_dropout=0.0).attention == 'cudnn'
