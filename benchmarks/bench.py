@@ -44,8 +44,9 @@ from benchmarks import bench_pipelines
 class BenchCase:
   """One model to measure: a podium recipe with overrides, and its PyTorch twin.
 
-  `overrides` give the measured size; `quick` shrinks it to check the machinery in seconds.
-  `twin` says how the PyTorch side differs, if at all, for the table's notes."""
+  `overrides` give the measured size; `accelerator` adds to them on a GPU or TPU (the size the
+  issue's anchors are quoted at, e.g. BERT-large at sequence 512); `quick` shrinks it to check
+  the machinery in seconds. `twin` says how the PyTorch side differs, for the table's notes."""
   name: str
   benchmark: str
   recipe: str
@@ -57,6 +58,8 @@ class BenchCase:
   quick_input: str = ''
   cpu_batch: int = 8
   accelerator_batch: int = 256
+  accelerator: tuple[str, ...] = ()
+  accelerator_input: str = ''
   twin: str = ''
 
 
@@ -70,11 +73,17 @@ def _median_time(step: Callable[[], Any], steps: int, warmup: int) -> tuple[floa
   return statistics.median(times), times
 
 
+def _on_accelerator() -> bool:
+  import jax
+  return jax.devices()[0].platform != 'cpu'
+
+
 def _config(case: BenchCase, *, quick: bool, extra: tuple[str, ...] = ()):
   from benchmarks import registry
+  sized = case.accelerator if _on_accelerator() and not quick else ()
   return registry.resolve(case.benchmark, case.recipe, [
-      *case.overrides, *(case.quick if quick else ()), 'data.synthetic=True', 'data.prepare=""',
-      *extra])
+      *case.overrides, *sized, *(case.quick if quick else ()), 'data.synthetic=True',
+      'data.prepare=""', *extra])
 
 
 # -- the podium side -----------------------------------------------------------------------
@@ -87,7 +96,8 @@ class Measured:
   close: Callable[[], None] = lambda: None
 
 
-def podium_step(case: BenchCase, *, batch: int, dtype: str, quick: bool) -> Measured:
+def podium_step(case: BenchCase, *, batch: int, dtype: str, quick: bool,
+                overrides: tuple[str, ...] = ()) -> Measured:
   """podium's real train step (the state and step builders `podium run` compiles), on one
   device -- the device PyTorch runs on -- with a synthetic batch already on it."""
   import jax
@@ -95,7 +105,8 @@ def podium_step(case: BenchCase, *, batch: int, dtype: str, quick: bool) -> Meas
   from launch import runtime as runtime_lib
   from benchmarks import flops as flops_lib
   config = _config(case, quick=quick, extra=(
-      f'train.global_batch_size={batch}', f'train.eval_batch_size={batch}', f'model.dtype={dtype}'))
+      *overrides, f'train.global_batch_size={batch}', f'train.eval_batch_size={batch}',
+      f'model.dtype={dtype}'))
   runtime = runtime_lib.Runtime.from_config(config, devices=jax.devices()[:1])
   task = registry.load_benchmark(case.benchmark).build_task(config, runtime)
   jitted = train.jit_steps(task, runtime, seed=0)
@@ -302,13 +313,13 @@ def torch_wav2vec2(config, batch: int, device: str) -> TorchStep:
 
 
 def torch_step(case: BenchCase, *, batch: int, dtype: str, quick: bool, compiled: bool,
-               threads: int | None) -> Measured:
+               threads: int | None, overrides: tuple[str, ...] = ()) -> Measured:
   """The PyTorch twin's train step: forward, loss, backward, optimizer step; train mode.
   bfloat16 is autocast over float32 parameters, podium's mixed precision."""
   import torch
   if threads:
     torch.set_num_threads(threads)
-  config = _config(case, quick=quick)
+  config = _config(case, quick=quick, extra=overrides)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   built = case.torch_step(config, batch, device)
   built.model.train()
@@ -398,14 +409,16 @@ def _summary(rounds: list[list[float]], batch: int) -> dict:
 
 def bench_model(case: BenchCase, *, batch: int, dtype: str, rounds: int, per_round: int,
                 warmup: int, torch_modes: tuple[str, ...], quick: bool,
-                trace_dir: str | None = None) -> dict:
+                trace_dir: str | None = None, overrides: tuple[str, ...] = ()) -> dict:
   """podium and its PyTorch twins on one model, built once each and timed interleaved;
   with `trace_dir`, then a profile of podium's step (`op_profile`)."""
   import gc
+  label = case.quick_input if quick else (
+      case.accelerator_input if case.accelerator and _on_accelerator() else case.input)
   row = {'model': case.name, 'dtype': dtype, 'batch': batch, 'unit': case.unit,
-         'input': case.quick_input if quick else case.input, 'twin': case.twin}
+         'input': label, 'twin': case.twin, 'overrides': list(overrides)}
   print(f'podium bench: {case.name}: podium compile ...', flush=True)
-  podium = podium_step(case, batch=batch, dtype=dtype, quick=quick)
+  podium = podium_step(case, batch=batch, dtype=dtype, quick=quick, overrides=overrides)
   steps = {'podium': podium.step}
   infos = {'podium': podium.info}
   for mode in (torch_modes if case.torch_step is not None else ()):
@@ -413,7 +426,8 @@ def bench_model(case: BenchCase, *, batch: int, dtype: str, rounds: int, per_rou
     print(f'podium bench: {case.name}: {key} build ...', flush=True)
     try:
       measured = torch_step(case, batch=batch, dtype=dtype, quick=quick,
-                            compiled=mode == 'compile', threads=podium.info['threads'])
+                            compiled=mode == 'compile', threads=podium.info['threads'],
+                            overrides=overrides)
     except Exception as error:  # noqa: BLE001 -- a missing compiler is a table cell
       row[key] = None
       row[f'{key}_error'] = f'{type(error).__name__}: {error}'[:500]
@@ -487,6 +501,8 @@ def markdown(results: dict) -> str:
     for row in results['models']:
       if row.get('twin'):
         lines.append(f'- {row["model"]}: {row["twin"]}')
+      if row.get('overrides'):
+        lines.append(f'- {row["model"]}: measured with {", ".join(row["overrides"])}')
       if row['podium'].get('top_ops'):
         lines.append(f'- {row["model"]} podium profile (thread time per step): ' + ', '.join(
             f'{op["op"]} {op["ms_per_step"]:.0f} ms ({100 * op["share"]:.0f}%)'
@@ -560,7 +576,11 @@ CASES = {
     'bert': BenchCase(
         'bert', 'bert', 'tiny_cpu',
         (*_BERT_BASE, 'data.max_seq_length=128', 'data.max_predictions_per_seq=20'),
-        'sequences', 'BERT-base seq 128', torch_bert, cpu_batch=2, accelerator_batch=64,
+        'sequences', 'BERT-base seq 128', torch_bert, cpu_batch=2, accelerator_batch=32,
+        accelerator=('model.hidden_size=1024', 'model.num_layers=24', 'model.num_heads=16',
+                     'model.intermediate_size=4096', 'data.max_seq_length=512',
+                     'data.max_predictions_per_seq=76'),
+        accelerator_input='BERT-large seq 512',
         quick=('model.vocab_size=512', 'model.hidden_size=64', 'model.num_layers=2',
                'model.num_heads=2', 'model.intermediate_size=128', 'data.max_seq_length=32',
                'data.max_predictions_per_seq=4'),
@@ -570,7 +590,9 @@ CASES = {
     'wav2vec2': BenchCase(
         'wav2vec2', 'wav2vec2_pretrain', 'espeak_cpu',
         (*_WAV2VEC2_BASE, 'data.bucket_lengths=(32000,)'),
-        'utterances', 'BASE, 2 s audio', torch_wav2vec2, cpu_batch=2, accelerator_batch=64,
+        'utterances', 'BASE, 2 s audio', torch_wav2vec2, cpu_batch=2, accelerator_batch=6,
+        accelerator=('data.bucket_lengths=(250000,)',),
+        accelerator_input='BASE, 15.6 s audio (fairseq crop)',
         quick=('model.name=tiny', 'data.bucket_lengths=(4000,)', 'loss.num_negatives=10'),
         quick_input='tiny, 0.25 s',
         twin='transformers Wav2Vec2ForPreTraining: contrastive (100 distractors) + diversity '
@@ -598,14 +620,15 @@ CPU_NOTES = (
 def run(models: list[str] | None = None, *, batch: int | None = None, dtype: str | None = None,
         rounds: int = 3, per_round: int = 1, warmup: int = 1, out_dir: str = 'bench',
         torch_modes: tuple[str, ...] = ('eager', 'compile'), pipelines: bool = True,
-        quick: bool = False, profile: bool = False) -> dict:
+        quick: bool = False, profile: bool = False, overrides: tuple[str, ...] = ()) -> dict:
   """Measures `models` (default: all) and the input pipelines; writes bench.json, bench.md,
   bench.png under `out_dir`.
 
   Each model's podium and PyTorch steps are timed in `rounds` interleaved rounds of
   `per_round` steps after `warmup` steps each. `dtype` defaults to float32 on a CPU and
   bfloat16 on an accelerator. `quick` shrinks models and inputs to check the machinery,
-  not to quote numbers. `profile` traces podium's steps into `out_dir`/trace/<model> and
+  not to quote numbers. `overrides` (KEY=VALUE) change every model's config, podium's and
+  PyTorch's alike (e.g. model.attention=cudnn). `profile` traces podium's steps into `out_dir`/trace/<model> and
   lists the costliest XLA ops in the table's notes."""
   models = list(CASES) if models is None else models
   unknown = sorted(set(models) - set(CASES))
@@ -636,7 +659,7 @@ def run(models: list[str] | None = None, *, batch: int | None = None, dtype: str
     results['models'].append(bench_model(
         case, batch=size, dtype=dtype, rounds=rounds, per_round=per_round, warmup=warmup,
         torch_modes=torch_modes, quick=quick,
-        trace_dir=str(out / 'trace') if profile else None))
+        trace_dir=str(out / 'trace') if profile else None, overrides=tuple(overrides)))
     _write(results, out)  # what is measured so far survives a later failure
   if pipelines:
     results['pipelines'] = bench_pipelines.run(

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metric_writers
 from flax import nnx
 from mlperf_logging.mllog import constants as C
 
@@ -437,6 +436,9 @@ def run(config, runtime: Runtime, task: Task, *, output_root: str | None = None)
     checkpoint_dir = (os.path.join(config.checkpoint.dir, f'result_{result_index}')
                       if config.checkpoint.dir else os.path.join(run_dir, 'checkpoints'))
   mllog = MLPerfLogger(log_path, enabled=is_main)
+  # Imported here: clu's summary writer imports TensorFlow, which building and timing the
+  # steps (podium bench, compile) must not need on an accelerator host without it.
+  from clu import metric_writers
   writer = metric_writers.create_default_writer(
       os.path.join(run_dir, 'tensorboard') if is_main else None, just_logging=not is_main,
       asynchronous=True)

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
@@ -616,7 +617,7 @@ def synthetic_batches(local_batch_size: int, image_size: int, num_classes: int, 
   else:
     image = rng.standard_normal(shape, dtype=np.float32)
   return {
-      'image': image.astype(tf.as_dtype(dtype).as_numpy_dtype),
+      'image': image.astype(ml_dtypes.bfloat16 if dtype == 'bfloat16' else dtype),
       'label': rng.integers(0, num_classes, (local_batch_size,), dtype=np.int32),
   }
 

@@ -188,6 +188,8 @@ def cmd_import(args) -> int:
 
 def cmd_bench(args) -> int:
   """Throughput of podium's train steps beside PyTorch's, and of the input pipelines."""
+  # JAX and PyTorch share the accelerator here: JAX must not take 75% of its memory up front.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   from launch import xla_flags
   xla_flags.configure()
   xla_flags.skip_absent_tpu()
@@ -197,7 +199,7 @@ def cmd_bench(args) -> int:
   results = bench.run(models, batch=args.batch, dtype=args.dtype, rounds=args.rounds,
                       per_round=args.steps, warmup=args.warmup, out_dir=args.out,
                       torch_modes=torch_modes, pipelines=not args.no_pipelines,
-                      quick=args.quick, profile=args.profile)
+                      quick=args.quick, profile=args.profile, overrides=args.set or ())
   print(bench.markdown(results), end='')
   print(f'written: {args.out}/bench.json, bench.md, bench.png')
   return 0
@@ -330,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--quick', action='store_true', help='small inputs: checks the machinery only')
   p.add_argument('--profile', action='store_true',
                  help="trace podium's steps (OUT/trace) and list the costliest XLA ops")
+  p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                 help='config override for every model, podium and PyTorch alike '
+                      '(e.g. model.attention=cudnn)')
   p.add_argument('--out', default='bench')
   p.set_defaults(fn=cmd_bench)
 

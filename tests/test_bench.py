@@ -60,7 +60,8 @@ def test_bench_runs_podium_and_pytorch_side_by_side(tmp_path):
   """The whole command path on the cheapest case: podium's compiled step and PyTorch eager,
   interleaved; JSON, the table row and the plot are written."""
   results = bench.run(['bert'], dtype='float32', rounds=2, per_round=1, warmup=0,
-                      out_dir=str(tmp_path), torch_modes=('eager',), pipelines=False, quick=True)
+                      out_dir=str(tmp_path), torch_modes=('eager',), pipelines=False, quick=True,
+                      overrides=('model.attention_dropout=0.0',))
   row = results['models'][0]
   podium, eager = row['podium'], row['torch_eager']
   assert podium['examples_per_s'] > 0 and podium['model_flops_per_step'] > 0
@@ -75,6 +76,8 @@ def test_bench_runs_podium_and_pytorch_side_by_side(tmp_path):
   table = (tmp_path / 'bench.md').read_text()
   assert '| bert | float32 | 2 | 2 layers, seq 32 |' in table
   assert f'{row["ratio_vs_torch_eager"]:.2f}x' in table and 'AdamW for LAMB' in table
+  assert row['overrides'] == ['model.attention_dropout=0.0']
+  assert '- bert: measured with model.attention_dropout=0.0' in table
   assert (tmp_path / 'bench.png').stat().st_size > 0
 
 

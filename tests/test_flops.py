@@ -49,3 +49,23 @@ def test_cpu_peak_is_a_measured_matmul_rate():
   assert 'measured' in peak.source
   assert 1e8 < peak.flops_per_device * 8 < 1e13   # a plausible CPU, whatever this one is
   assert flops.StepFlops(1.0, 1, None).mfu(1.0) is None
+
+
+def test_plugin_backends_are_costed_by_xla_cpus_analysis_of_the_same_program():
+  """GPU and TPU plugins cannot cost a lowered program (Lowered.cost_analysis is None there);
+  lowered_flops then asks XLA:CPU's analysis of the same HLO. On a CPU both paths must agree,
+  convolutions included (XLA:GPU's compiled count leaves out cuDNN's)."""
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  lowered = conv.lower(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)))
+  expected = 2 * 2 * 6 * 6 * 4 * 3 * 3 * 3
+  assert flops._cpu_analysis_flops(lowered) == lowered.cost_analysis()['flops'] == expected
+
+  class NoCost:  # what a plugin backend's Lowered answers
+    def cost_analysis(self):
+      return None
+
+    def compiler_ir(self, dialect):
+      return lowered.compiler_ir(dialect)
+
+  assert flops.lowered_flops(NoCost()) == expected
