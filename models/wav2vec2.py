@@ -61,6 +61,10 @@ FEATURE_NORMS = ('group', 'layer')
 # Additive attention bias on padded keys: exp(-1e9) is 0 in float32 with no risk of -inf - -inf.
 MASK_VALUE = -1e9
 COSINE_EPS = 1e-8  # torch.cosine_similarity's
+# fairseq's and transformers' log(p + 1e-7) in the perplexity: a codeword whose softmax
+# probability underflows to 0 would otherwise give the diversity loss an infinite gradient
+# (log 0) and the step NaN (seen at step 949 of a 3,000-step CPU run).
+PERPLEXITY_EPS = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -558,7 +562,7 @@ class GumbelVectorQuantizer(nnx.Module):
               else mask.astype(jnp.float32))
     marginal = (jnp.einsum('btgv,bt->gv', marginal_of, weight)
                 / jnp.maximum(jnp.sum(weight), 1.0))
-    entropy = -jnp.sum(jax.scipy.special.xlogy(marginal, marginal), axis=-1)
+    entropy = -jnp.sum(marginal * jnp.log(marginal + PERPLEXITY_EPS), axis=-1)
     perplexity = jnp.sum(jnp.exp(entropy))
     book = self.codevectors[...].astype(jnp.float32).reshape(self.groups, self.entries, -1)
     vectors = jnp.einsum('btgv,gvd->btgd', probs, book).reshape(batch, length, -1)
