@@ -193,16 +193,18 @@ def corpus(tmp_path_factory):
   return path
 
 
-# Issue 8 is open: on 2 cores pretraining reaches ~0.03 of 0.05 in its 600 steps and the CTC
-# recipe needs ~50 minutes. strict: the day they pass, this marker must go.
-@pytest.mark.xfail(strict=True, reason='issue 8: the espeak_cpu recipes do not reach their targets yet')
-@pytest.mark.parametrize('benchmark,target', [('wav2vec2_pretrain', 'contrastive_accuracy >= 0.05'),
-                                              ('wav2vec2_ctc', 'wer <= 0.3')])
+# Pretraining reached 0.0512 at step 2,500 of 3,000 (1,607 s alone on 2 cores; evals are noisy
+# near the target: 0.044-0.049 at steps 1,900-2,400). Issue 8 is open for CTC, which needs
+# ~50 minutes and has not run to the end. strict: the day it passes, its marker must go.
+@pytest.mark.parametrize('benchmark,target', [
+    ('wav2vec2_pretrain', 'contrastive_accuracy >= 0.05'),
+    pytest.param('wav2vec2_ctc', 'wer <= 0.3', marks=pytest.mark.xfail(
+        strict=True, reason='issue 8: the CTC espeak_cpu recipe has not reached its target yet'))])
 def test_espeak_cpu_reaches_its_target_and_its_log_passes_the_rule_file(corpus, tmp_path,
                                                                         benchmark, target):
   out = str(tmp_path / 'out')
   run = podium('run', benchmark, '--recipe', 'espeak_cpu', '--output', out,
-               '--set', f'data.dir={corpus}', cwd=ROOT, timeout=1800)
+               '--set', f'data.dir={corpus}', cwd=ROOT, timeout=3600)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   assert f'reached the target {target}' in run.stdout
   result = compliance.check_log(log_path(out, benchmark))
