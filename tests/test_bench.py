@@ -133,3 +133,63 @@ def test_grouped_conv_gradients_equal_xlas(shape, kernel, stride, groups, paddin
   # XLA:CPU's slow kernel-gradient convolution (batch groups > 1) is gone.
   assert re.findall(r'batch_group_count = (\d+)', hlo) and not [
       n for n in re.findall(r'batch_group_count = (\d+)', hlo) if int(n) > 1]
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_batch_norm_training_equals_nnxs(dtype):
+  """The CPU fix behind ResNet's and RegNet's bench rows: layers.BatchNorm's hand-written
+  backward (reductions as matmuls on CPU) gives nnx.BatchNorm's outputs, running
+  statistics and gradients; its evaluation path is nnx's own."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from models import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 6, 5, 8)) * 3 + 1, dtype)
+  ours, theirs = (cls(8, momentum=0.8, rngs=nnx.Rngs(0)) for cls in (layers.BatchNorm, nnx.BatchNorm))
+  for bn in (ours, theirs):
+    bn.scale[...] = jnp.linspace(0.5, 2.0, 8)
+    bn.bias[...] = jnp.linspace(-1.0, 1.0, 8)
+
+  def loss(bn, x):
+    y = bn(x, use_running_average=False)
+    return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+
+  (_, y_ours), g_ours = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(ours, x)
+  (_, y_theirs), g_theirs = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(theirs, x)
+  tolerance = 1e-5 if dtype == 'float32' else 2e-2
+  np.testing.assert_allclose(np.asarray(y_ours, np.float32), np.asarray(y_theirs, np.float32),
+                             rtol=tolerance, atol=tolerance)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs)):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=tolerance, atol=tolerance)
+  for name in ('mean', 'var'):
+    np.testing.assert_allclose(getattr(ours, name)[...], getattr(theirs, name)[...], rtol=1e-5,
+                               atol=1e-6)
+  np.testing.assert_allclose(ours(x, use_running_average=True),
+                             theirs(x, use_running_average=True), rtol=1e-6, atol=1e-6)
+
+
+def test_batch_norm_backward_with_statistics_cotangents_and_no_reduce_window_on_cpu():
+  """batch_norm_train's gradient is right when its mean and variance are used too (checked
+  against finite differences), and XLA:CPU compiles it without its slow tree reductions."""
+  import jax
+  import jax.numpy as jnp
+  from jax.test_util import check_grads
+  from models import layers
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((3, 4, 5)) * 2 + 0.5, jnp.float64
+                  if jax.config.jax_enable_x64 else jnp.float32)
+  scale = jnp.linspace(0.5, 2.0, 5, dtype=x.dtype)
+  bias = jnp.linspace(-1.0, 1.0, 5, dtype=x.dtype)
+  check_grads(lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5), (x, scale, bias),
+              order=1, modes=['rev'], atol=2e-2, rtol=2e-2)
+
+  def step(x, s, b):
+    y, mean, var = layers.batch_norm_train(x, s, b, 1e-5)
+    return jnp.sum(y * y) + jnp.sum(mean) + jnp.sum(var)
+
+  big = jnp.ones((4, 56, 56, 64), jnp.float32)
+  hlo = jax.jit(jax.grad(step, argnums=(0, 1, 2))).lower(
+      big, jnp.ones(64), jnp.zeros(64)).compile().as_text()
+  assert 'reduce-window' not in hlo and 'reduce(' not in hlo

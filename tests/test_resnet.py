@@ -183,9 +183,19 @@ def test_bf16_convs_compute_in_bf16_and_batchnorm_in_f32():
   graphdef, state = nnx.split(model)
   jaxpr = jax.make_jaxpr(
       lambda s, x: nnx.merge(graphdef, s)(x, train=True))(state, images())
-  convs = [e for e in jaxpr.eqns if e.primitive.name == 'conv_general_dilated']
+
+  def equations(jaxpr):  # with those inside custom_vjp calls (layers.batch_norm_train)
+    for e in jaxpr.eqns:
+      yield e
+      for value in e.params.values():
+        inner = getattr(value, 'jaxpr', None)
+        if inner is not None and hasattr(inner, 'eqns'):
+          yield from equations(inner)
+
+  eqns = list(equations(jaxpr.jaxpr))
+  convs = [e for e in eqns if e.primitive.name == 'conv_general_dilated']
   assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
-  rsqrts = [e for e in jaxpr.eqns if e.primitive.name == 'rsqrt']
+  rsqrts = [e for e in eqns if e.primitive.name == 'rsqrt']
   assert rsqrts and all(e.outvars[0].aval.dtype == jnp.float32 for e in rsqrts)
 
 
