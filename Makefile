@@ -30,10 +30,10 @@ run: $(STAMP)
 	$(VENV)/bin/podium run resnet50 --recipe digits_cpu
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Compile every pod recipe for its TPU slice on this CPU (XLA:TPU ahead of time): does it fit in
 # HBM, how many FLOPs, which collectives. libtpu (the `tpu` extra, ~700 MB) is installed when missing.
