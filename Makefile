@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(VENV)/bin/podium run resnet50 --recipe digits_cpu
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
