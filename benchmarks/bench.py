@@ -613,8 +613,10 @@ CPU_NOTES = (
     'kernels, 10-45x slower than PyTorch (RegNetY-1.6GF at batch 8: 1.5-4.5 s per layer). '
     'podium now computes it on CPU as one batched matmul of input patches '
     '(models/layers.grouped_conv_general_dilated; TPU and GPU keep XLA\'s own): 0.1-0.2 s per '
-    'layer, and 6.2 -> 3.6 s for wav2vec2 BASE\'s positional conv at batch 8. It is still '
-    'about 2x PyTorch\'s oneDNN grouped-conv backward.',
+    'layer, and 6.2 -> 3.6 s for wav2vec2 BASE\'s positional conv at batch 8. The patches '
+    'are strided slices of the padded input: lax.conv_general_dilated_patches extracts them '
+    'with a depthwise convolution, which took 45% of RegNet\'s step (RegNet 1.92 -> 2.97 '
+    'images/s).',
     'BatchNorm (ResNet, RegNet): XLA:CPU rewrites a reduction over N*H*W into a tree of '
     'reduce-windows, 3-6x the cost of an elementwise pass. podium\'s BatchNorm '
     '(models/layers.batch_norm_train) has a hand-written backward whose four reductions are '
