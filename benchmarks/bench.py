@@ -623,9 +623,10 @@ CPU_NOTES = (
     'ones-vector matmuls on CPU (plain sums elsewhere): one 4x112x112x64 BatchNorm forward + '
     'backward 63 -> 25 ms; train steps 1.27x (ResNet-50, batch 4) and 1.15x (RegNet, batch 8) '
     'faster, measured side by side.',
-    'What remains on XLA:CPU (ResNet-50 profile, thread time): about half is its Eigen '
-    'convolutions; ~25% is transposes feeding the kernel-gradient convolutions, into which '
-    'XLA fuses a recomputation of the residual stream\'s BatchNorms. Tried without gain: 1x1 '
+    'What remains on XLA:CPU (ResNet-50 profile, thread time of the ops its trace names; '
+    'convolutions are barely attributed there): transposes feeding the kernel-gradient '
+    'convolutions are half of it, and XLA fuses a recomputation of the residual stream\'s '
+    'BatchNorms into them. Tried without gain: 1x1 '
     'kernel gradients as matmuls, an optimization barrier on convolution inputs. PyTorch runs '
     'oneDNN\'s fused kernels for both.',
     'float32 on CPU: bfloat16 gains nothing on this CPU (no bf16 matmul units) in either '
