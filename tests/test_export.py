@@ -37,6 +37,43 @@ def tf_only(script, *args):
   return result.stdout
 
 
+def import_and_export(weights, benchmark, recipe, model_set, folder):
+  """`podium import` of a weight file into a run folder, then its SavedModel export; returns
+  (config, SavedModel path, export spec, the imported podium model)."""
+  from benchmarks import export, registry
+  run_dir = folder / 'run'
+  export.import_weights(weights, benchmark, recipe, model_set, run_dir / 'checkpoints')
+  config = registry.resolve(benchmark, recipe, model_set)
+  (run_dir / 'config.json').write_text(config.to_json_best_effort())
+  saved = export.export_savedmodel(run_dir, folder / 'sm')
+  _, spec, graphdef, params, model_state = export.trained_model(run_dir)
+  return config, saved, spec, nnx.merge(graphdef, params, model_state)
+
+
+def signatures_without_jax(saved, folder, signatures, batches, keys):
+  """Calls the SavedModel's `signatures` on `folder`/in_<batch>.npz in a process without JAX,
+  and checks the outputs hold exactly `keys`; returns {batch: {output: array}}."""
+  out = tf_only(f'''
+      import numpy as np, tensorflow as tf
+      loaded = tf.saved_model.load(sys.argv[1])
+      assert set(loaded.signatures) == {set(signatures)!r}, set(loaded.signatures)
+      for batch in {tuple(batches)!r}:
+        inputs = {{k: tf.constant(v) for k, v in np.load(f'{{sys.argv[2]}}/in_{{batch}}.npz').items()}}
+        outputs = {{}}
+        for name in {tuple(signatures)!r}:
+          outputs.update(loaded.signatures[name](**inputs))
+        np.savez(f'{{sys.argv[2]}}/out_{{batch}}.npz', **{{k: v.numpy() for k, v in outputs.items()}})
+      print('JAX', 'jax' in sys.modules)
+  ''', str(saved), str(folder))
+  assert out.strip().endswith('JAX False')
+  results = {}
+  for batch in batches:
+    got = dict(np.load(os.path.join(folder, f'out_{batch}.npz')))
+    assert set(got) == set(keys), sorted(got)
+    results[batch] = got
+  return results
+
+
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
   work = tmp_path_factory.mktemp('export')
@@ -137,7 +174,6 @@ def test_bert_exports_as_a_tf_hub_encoder_of_any_batch(tmp_path):
   outputs equal podium's (and the pooler transformers') at two batch sizes, in a process
   without JAX."""
   torch = pytest.importorskip('torch')
-  from benchmarks import export, registry
   from benchmarks import bert as bert_benchmark
   from tests.test_bert_parity import _hf_model
   hf = _hf_model('gelu')
@@ -145,15 +181,8 @@ def test_bert_exports_as_a_tf_hub_encoder_of_any_batch(tmp_path):
   model_set = ['model.vocab_size=97', 'model.hidden_size=32', 'model.num_heads=4',
                'model.intermediate_size=64', 'model.num_layers=2',
                'model.max_position_embeddings=40', 'data.max_seq_length=32']
-  run_dir = tmp_path / 'run'
-  export.import_weights(tmp_path / 'bert.bin', 'bert', 'tiny_cpu', model_set,
-                        run_dir / 'checkpoints')
-  config = registry.resolve('bert', 'tiny_cpu', model_set)
-  (run_dir / 'config.json').write_text(config.to_json_best_effort())
-  saved = export.export_savedmodel(run_dir, tmp_path / 'sm')
-
-  _, spec, graphdef, params, model_state = export.trained_model(run_dir)
-  model = nnx.merge(graphdef, params, model_state)
+  config, saved, spec, model = import_and_export(tmp_path / 'bert.bin', 'bert', 'tiny_cpu',
+                                                 model_set, tmp_path)
   rng = np.random.RandomState(0)
   expected = {}
   length = 32  # data.max_seq_length
@@ -175,23 +204,12 @@ def test_bert_exports_as_a_tf_hub_encoder_of_any_batch(tmp_path):
                              atol=1e-4)
   assert bert_benchmark.export_spec(config).serving == 'encoder'
 
-  out = tf_only('''
-      import numpy as np, tensorflow as tf
-      loaded = tf.saved_model.load(sys.argv[1])
-      assert set(loaded.signatures) == {'serving_default', 'pretraining_logits'}
-      for batch in (3, 5):
-        inputs = {k: tf.constant(v) for k, v in np.load(f'{sys.argv[2]}/in_{batch}.npz').items()}
-        outputs = {**loaded.signatures['serving_default'](**inputs),
-                   **loaded.signatures['pretraining_logits'](**inputs)}
-        np.savez(f'{sys.argv[2]}/out_{batch}.npz', **{k: v.numpy() for k, v in outputs.items()})
-      print('JAX', 'jax' in sys.modules)
-  ''', str(saved), str(tmp_path))
-  assert out.strip().endswith('JAX False')
+  outputs = signatures_without_jax(
+      saved, tmp_path, ['serving_default', 'pretraining_logits'], list(expected),
+      {'sequence_output', 'pooled_output', 'mlm_logits', 'nsp_logits'})
   for batch, want in expected.items():
-    got = np.load(tmp_path / f'out_{batch}.npz')
-    assert set(got) == {'sequence_output', 'pooled_output', 'mlm_logits', 'nsp_logits'}
     for key, value in want.items():
-      np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)
+      np.testing.assert_allclose(outputs[batch][key], value, atol=1e-4, err_msg=key)
 
 
 @pytest.mark.slow  # ~30 s on 2 idle cores (transformers, jax2tf)
@@ -201,28 +219,18 @@ def test_wav2vec2_ctc_exports_audio_signatures_of_any_batch(tmp_path, monkeypatc
   in a process without JAX, and the logits equal transformers' on the valid frames."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  from benchmarks import export, registry
   from input_pipelines import librispeech
   from models import wav2vec2 as w2v
   from models.importers import pytorch_wav2vec2 as importer
   torch.manual_seed(0)
-  hf_config = transformers.Wav2Vec2Config(
-      hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-      conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
-      feat_extract_norm='layer', do_stable_layer_norm=True, conv_bias=True, vocab_size=32)
+  from tests.test_wav2vec2_parity import hf_config as tiny_hf_config
+  hf_config = tiny_hf_config('large')
   hf = transformers.Wav2Vec2ForCTC(hf_config).eval()
   torch.save(hf.state_dict(), tmp_path / 'ctc.bin')
   monkeypatch.setitem(w2v.WAV2VEC2_CONFIGS, 'from_hf', importer.config_from_transformers(hf_config))
   model_set = ['model.name=from_hf']
-  run_dir = tmp_path / 'run'
-  export.import_weights(tmp_path / 'ctc.bin', 'wav2vec2_ctc', 'espeak_cpu', model_set,
-                        run_dir / 'checkpoints')
-  config = registry.resolve('wav2vec2_ctc', 'espeak_cpu', model_set)
-  (run_dir / 'config.json').write_text(config.to_json_best_effort())
-  saved = export.export_savedmodel(run_dir, tmp_path / 'sm')
-
-  _, spec, graphdef, params, model_state = export.trained_model(run_dir)
-  model = nnx.merge(graphdef, params, model_state)
+  config, saved, spec, model = import_and_export(tmp_path / 'ctc.bin', 'wav2vec2_ctc',
+                                                 'espeak_cpu', model_set, tmp_path)
   samples = max(config.data.eval_bucket_lengths)
   rng = np.random.RandomState(0)
   expected = {}
@@ -245,20 +253,8 @@ def test_wav2vec2_ctc_exports_audio_signatures_of_any_batch(tmp_path, monkeypatc
                                atol=1e-3)
     assert expected[2]['frame_mask'][row].sum() == len(reference)
 
-  out = tf_only('''
-      import numpy as np, tensorflow as tf
-      loaded = tf.saved_model.load(sys.argv[1])
-      assert set(loaded.signatures) == {'serving_default', 'features'}, set(loaded.signatures)
-      for batch in (2, 3):
-        inputs = {k: tf.constant(v) for k, v in np.load(f'{sys.argv[2]}/in_{batch}.npz').items()}
-        outputs = {**loaded.signatures['serving_default'](**inputs),
-                   **loaded.signatures['features'](**inputs)}
-        np.savez(f'{sys.argv[2]}/out_{batch}.npz', **{k: v.numpy() for k, v in outputs.items()})
-      print('JAX', 'jax' in sys.modules)
-  ''', str(saved), str(tmp_path))
-  assert out.strip().endswith('JAX False')
+  outputs = signatures_without_jax(saved, tmp_path, ['serving_default', 'features'],
+                                   list(expected), {'ctc_logits', 'features', 'frame_mask'})
   for batch, want in expected.items():
-    got = np.load(tmp_path / f'out_{batch}.npz')
-    assert set(got) == {'ctc_logits', 'features', 'frame_mask'}
     for key, value in want.items():
-      np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)
+      np.testing.assert_allclose(outputs[batch][key], value, atol=1e-4, err_msg=key)

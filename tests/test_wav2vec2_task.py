@@ -194,11 +194,8 @@ def test_ctc_starts_from_a_fairseq_style_pretraining_file_encoder_only(data_dir,
   from flax import nnx
   from models.importers import pytorch_wav2vec2 as importer
   torch.manual_seed(0)
-  hf_config = transformers.Wav2Vec2Config(
-      hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-      conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
-      codevector_dim=16, proj_codevector_dim=8, num_codevectors_per_group=16,
-      feat_extract_norm='layer', do_stable_layer_norm=True, conv_bias=True)
+  from tests.test_wav2vec2_parity import hf_config as tiny_hf_config
+  hf_config = tiny_hf_config('large')
   reference = transformers.Wav2Vec2ForPreTraining(hf_config)
   path = tmp_path / 'pretrained.pt'
   torch.save({'args': argparse.Namespace(arch='wav2vec2'), 'model': reference.state_dict()}, path)
