@@ -225,7 +225,9 @@ def test_espeak_cpu_pretraining_reaches_its_target_and_its_log_passes_the_rule_f
                                            'contrastive_accuracy >= 0.05')
   perplexity = [p for _, p in scalars(out, 'wav2vec2_pretrain', 'codebook_perplexity')]
   print('codebook perplexity', [round(p) for p in perplexity])
-  assert min(perplexity[len(perplexity) // 2:]) > max(20.0, perplexity[0])   # it rose
+  # Measured (3,000-step run): 97 -> 342 (step ~200), then ~20-30 as the temperature anneals
+  # to 0.5 and code use sharpens; collapse would be 2 (huggingface/transformers#19588).
+  assert max(perplexity) > 2 * perplexity[0] and min(perplexity) > 10.0
 
 
 @pytest.mark.xdist_group('espeak_cpu')  # one worker: the pretraining run is shared
