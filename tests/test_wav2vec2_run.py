@@ -234,7 +234,7 @@ def test_espeak_cpu_pretraining_reaches_its_target_and_its_log_passes_the_rule_f
 def test_espeak_cpu_ctc_from_that_pretraining_reaches_its_target_and_its_log_passes(
     pretraining, corpus, tmp_path):
   """CTC fine-tuning from the pretraining run's checkpoint, as the paper does: WER 0.293 at
-  step 900 of 1,500 (~23 minutes alone on 2 cores)."""
+  step 900 of 1,500 (2,193 s on a shared machine; ~20-25 minutes alone on 2 cores)."""
   pretrain_run, pretrain_out = pretraining
   assert pretrain_run.returncode == 0, 'the pretraining run failed: see the test above'
   out = str(tmp_path / 'out')
