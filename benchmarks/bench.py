@@ -63,6 +63,15 @@ class BenchCase:
   twin: str = ''
 
 
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+  """One line of progress, with the minutes and seconds since `podium bench` started."""
+  minutes, seconds = divmod(int(time.perf_counter() - _STARTED), 60)
+  print(f'podium bench [{minutes:2d}:{seconds:02d}]: {message}', flush=True)
+
+
 def _median_time(step: Callable[[], Any], steps: int, warmup: int) -> tuple[float, list[float]]:
   times = []
   for i in range(warmup + steps):
@@ -170,8 +179,9 @@ def _images(config, batch: int, device: str, generator) -> dict:
 
 
 def torch_resnet(config, batch: int, device: str) -> TorchStep:
-  """transformers' ResNet with podium's depth, width and classes; SGD with momentum (LARS
-  has no PyTorch core optimizer; its per-layer norms cost little at ResNet-50's size)."""
+  """transformers' ResNet with podium's depth, width and classes; podium's LARS
+  (`torch_optimizers.Lars`, MLPerf's: PyTorch has none in core) with the recipe's momentum,
+  weight decay and trust coefficient."""
   import torch
   import transformers
   from models import resnet as resnet_models
@@ -186,7 +196,11 @@ def torch_resnet(config, batch: int, device: str) -> TorchStep:
       embedding_size=width, hidden_sizes=hidden, depths=depths,
       layer_type='bottleneck' if bottleneck else 'basic', num_labels=config.model.num_classes,
       downsample_in_bottleneck=False)).to(device)
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  from benchmarks import torch_optimizers
+  opt = config.optimizer
+  optimizer = torch_optimizers.Lars(model.parameters(), lr=0.1, momentum=opt.momentum,
+                                    weight_decay=opt.weight_decay, eps=opt.epsilon,
+                                    trust_coefficient=opt.trust_coefficient, nesterov=opt.nesterov)
   return TorchStep(model, optimizer, _images(config, batch, device, torch.Generator().manual_seed(0)))
 
 
@@ -212,8 +226,8 @@ def torch_bert(config, batch: int, device: str) -> TorchStep:
   """transformers' BertForPreTraining with podium's config, and MLPerf's loss as podium
   computes it: the masked-LM head on the masked positions only (gathered, as the MLPerf
   reference does; BertForPreTraining alone would run the 30k-word head on every position),
-  weighted masked-LM cross-entropy plus next-sentence cross-entropy. AdamW stands in for
-  LAMB (same moments; LAMB adds a per-layer trust ratio, a few norms per tensor)."""
+  weighted masked-LM cross-entropy plus next-sentence cross-entropy; podium's LAMB
+  (`torch_optimizers.Lamb`: clipping, Adam, decay and trust ratio with MLPerf's exclusions)."""
   import torch
   import transformers
   from benchmarks import bert as bert_benchmark
@@ -255,7 +269,12 @@ def torch_bert(config, batch: int, device: str) -> TorchStep:
   for key in inputs:
     if key != 'masked_lm_weights':
       inputs[key] = inputs[key].long()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  from benchmarks import optimizers, torch_optimizers
+  opt = config.optimizer
+  optimizer = torch_optimizers.Lamb(
+      model.named_parameters(), lr=1e-4, betas=(opt.beta_1, opt.beta_2), eps=opt.epsilon,
+      weight_decay=opt.weight_decay, exclude=optimizers.BERT_EXCLUDE_FROM_WEIGHT_DECAY,
+      clip_norm=opt.clip_norm or None)
   return TorchStep(model, optimizer, inputs, loss_of=lambda loss: loss)
 
 
@@ -417,13 +436,13 @@ def bench_model(case: BenchCase, *, batch: int, dtype: str, rounds: int, per_rou
       case.accelerator_input if case.accelerator and _on_accelerator() else case.input)
   row = {'model': case.name, 'dtype': dtype, 'batch': batch, 'unit': case.unit,
          'input': label, 'twin': case.twin, 'overrides': list(overrides)}
-  print(f'podium bench: {case.name}: podium compile ...', flush=True)
+  progress(f'{case.name}: podium compile ...')
   podium = podium_step(case, batch=batch, dtype=dtype, quick=quick, overrides=overrides)
   steps = {'podium': podium.step}
   infos = {'podium': podium.info}
   for mode in (torch_modes if case.torch_step is not None else ()):
     key = f'torch_{mode}'
-    print(f'podium bench: {case.name}: {key} build ...', flush=True)
+    progress(f'{case.name}: {key} build ...')
     try:
       measured = torch_step(case, batch=batch, dtype=dtype, quick=quick,
                             compiled=mode == 'compile', threads=podium.info['threads'],
@@ -433,8 +452,7 @@ def bench_model(case: BenchCase, *, batch: int, dtype: str, rounds: int, per_rou
       row[f'{key}_error'] = f'{type(error).__name__}: {error}'[:500]
       continue
     steps[key], infos[key] = measured.step, measured.info
-  print(f'podium bench: {case.name}: timing {", ".join(steps)} in {rounds} interleaved rounds '
-        f'...', flush=True)
+  progress(f'{case.name}: timing {", ".join(steps)} in {rounds} interleaved rounds ...')
   times = interleaved(steps, rounds=rounds, per_round=per_round, warmup=warmup)
   for key, rounds_taken in times.items():
     info = dict(infos[key])
@@ -563,7 +581,7 @@ CASES = {
         quick=('model.name=resnet18', 'data.image_size=32', 'data.eval_resize=32'),
         quick_input='resnet18 32x32',
         twin='transformers ResNetForImageClassification (same depths, widths, classes); '
-             'SGD with momentum for LARS (LARS adds per-layer norms only).'),
+             'podium\'s LARS written for PyTorch (multi-tensor; tested equal to optax\'s).'),
     'regnet': BenchCase(
         'regnet', 'regnet', 'digits_cpu',
         ('model.name=regnety_1_6gf', 'model.num_classes=1000', 'data.image_size=224',
@@ -577,7 +595,7 @@ CASES = {
         'bert', 'bert', 'tiny_cpu',
         (*_BERT_BASE, 'data.max_seq_length=128', 'data.max_predictions_per_seq=20'),
         # CPU batch 8: at 2, matmuls were 14% of podium's step and LAMB over 110 M parameters
-        # most of the rest (PyTorch's stand-in, AdamW, makes fewer passes). Accelerator batch
+        # most of the rest, which says little about training at scale. Accelerator batch
         # 16: what fits on an 80 GB H100 beside both PyTorch twins at sequence 512.
         'sequences', 'BERT-base seq 128', torch_bert, cpu_batch=8, accelerator_batch=16,
         accelerator=('model.hidden_size=1024', 'model.num_layers=24', 'model.num_heads=16',
@@ -589,7 +607,8 @@ CASES = {
                'data.max_predictions_per_seq=4'),
         quick_input='2 layers, seq 32',
         twin='transformers BertForPreTraining (bert + cls heads), masked-LM head on the '
-             'gathered masked positions as in MLPerf, MLM + NSP loss; AdamW for LAMB.'),
+             'gathered masked positions as in MLPerf, MLM + NSP loss; podium\'s LAMB written '
+             'for PyTorch (multi-tensor; tested equal to optax\'s).'),
     'wav2vec2': BenchCase(
         'wav2vec2', 'wav2vec2_pretrain', 'espeak_cpu',
         (*_WAV2VEC2_BASE, 'data.bucket_lengths=(32000,)'),
@@ -647,6 +666,8 @@ def run(models: list[str] | None = None, *, batch: int | None = None, dtype: str
   not to quote numbers. `overrides` (KEY=VALUE) change every model's config, podium's and
   PyTorch's alike (e.g. model.attention=cudnn). `profile` traces podium's steps into `out_dir`/trace/<model> and
   lists the costliest XLA ops in the table's notes."""
+  global _STARTED
+  _STARTED = time.perf_counter()
   models = list(CASES) if models is None else models
   unknown = sorted(set(models) - set(CASES))
   if unknown:
@@ -692,6 +713,7 @@ def run(models: list[str] | None = None, *, batch: int | None = None, dtype: str
   _write(results, out)
   if results['models']:
     plot(results, out / 'bench.png')
+  progress('done')
   return results
 
 

@@ -424,21 +424,22 @@ def run(out_dir: str, *, quick: bool = False, model_rates: dict[str, float] | No
         pipelines: Iterable[str] = ('imagenet', 'bert', 'librispeech')) -> dict:
   """Measures each pipeline on data written under `out_dir`; `quick` checks the machinery
   (few records, one round), it does not give numbers to quote."""
+  from benchmarks import bench  # bench imports this module first
   rounds = 1 if quick else 3
   results: dict[str, Any] = {}
   pipelines = tuple(pipelines)
   if 'imagenet' in pipelines:
-    print('podium bench: ImageNet input pipeline ...', flush=True)
+    bench.progress('ImageNet input pipeline ...')
     data = photo_records(os.path.join(out_dir, 'photo_records'), count=32 if quick else 256)
     results['imagenet'] = bench_imagenet_pipeline(data, rounds=rounds, batch=8 if quick else 32)
   if 'bert' in pipelines:
-    print('podium bench: BERT input pipeline ...', flush=True)
+    bench.progress('BERT input pipeline ...')
     data = os.path.join(out_dir, 'bert_records')
     if not os.path.exists(os.path.join(data, 'eval-00000-of-00001')):
       bert_records(data, num_documents=40 if quick else 400)
     results['bert'] = bench_bert_pipeline(data, rounds=rounds, batches=4 if quick else 20)
   if 'librispeech' in pipelines:
-    print('podium bench: LibriSpeech input pipeline ...', flush=True)
+    bench.progress('LibriSpeech input pipeline ...')
     data = speech_records(os.path.join(out_dir, 'speech'), count=8 if quick else 48,
                           seconds=(2.0, 4.0) if quick else (2.0, 16.0))
     results['librispeech'] = bench_librispeech_pipeline(data, rounds=rounds, batch=2)
