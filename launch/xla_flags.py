@@ -7,9 +7,13 @@ import glob
 import importlib.util
 import os
 
-# Measured on a 2-core x86 CPU: conv nets train 2-5x faster with XLA's experimental YNN
-# fusion turned off (ResNet-50, batch 8, 224x224: 23.6 -> 6.3 s/step).
-CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
+# XLA:CPU's YNNPACK fusions, by kind, measured on a 2-core x86 CPU (podium's train steps at
+# the bench's sizes, compiled both ways and timed interleaved in one process): its
+# convolution and elementwise fusions make conv nets 2-5x slower (ResNet-50, batch 8:
+# 6.3 -> 23.6 s/step; with elementwise alone 2.3 -> 7.0 s at batch 4), so they stay off;
+# its reductions and matmuls train BERT-base 1.05x and wav2vec2 BASE 1.06x faster and leave
+# ResNet-50 and RegNet within 2% (0.99x, 0.98x), so they stay on.
+CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=reduce,dot',)
 
 
 def configure(extra: tuple[str, ...] = ()) -> None:
