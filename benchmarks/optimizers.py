@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from models import layers
-
 
 def warmup_polynomial_decay(*, base_lr: float, end_lr: float, warmup_steps: int,
                             decay_steps: int, power: float = 2.0) -> optax.Schedule:
@@ -33,58 +31,14 @@ def is_matrix_like(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-# optax's clipping and trust ratio with their norms as `layers.sum_of_squares`: on XLA:CPU
-# optax's `jnp.linalg.norm`s were a third of LAMB's update over BERT-base. Same (empty)
-# states as optax's, so optimizer states and checkpoints are laid out as with optax's own.
-
-def _norm(x: jax.Array) -> jax.Array:
-  return jnp.sqrt(layers.sum_of_squares(x))
-
-
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-  """optax.clip_by_global_norm: updates scaled by `max_norm / ||updates||` when above it."""
-
-  def update_fn(updates, state, params=None):
-    del params
-    g_norm = jnp.sqrt(sum(layers.sum_of_squares(u) for u in jax.tree.leaves(updates)))
-    keep = g_norm < max_norm
-    return jax.tree.map(
-        lambda u: jax.lax.select(keep, u, (u / g_norm.astype(u.dtype)) * max_norm),
-        updates), state
-
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-
-def scale_by_trust_ratio(trust_coefficient: float = 1.0,
-                         eps: float = 0.0) -> optax.GradientTransformation:
-  """optax.scale_by_trust_ratio (no minimum norm): each update times
-  `trust_coefficient ||param|| / (||update|| + eps)`, or 1 where either norm is 0."""
-
-  def update_fn(updates, state, params):
-    if params is None:
-      raise ValueError('scale_by_trust_ratio needs the parameters: update(updates, state, '
-                       'params)')
-
-    def scale(update, param):
-      param_norm, update_norm = _norm(param), _norm(update)
-      ratio = jnp.where((param_norm == 0.0) | (update_norm == 0.0), 1.0,
-                        trust_coefficient * param_norm / (update_norm + eps))
-      return update * ratio.astype(update.dtype)
-
-    return jax.tree.map(scale, updates, params), state
-
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-
 def lars(schedule: optax.Schedule, *, momentum: float, weight_decay: float,
          epsilon: float = 0.0, trust_coefficient: float = 0.001, nesterov: bool = False):
   """LARS as in MLPerf ResNet: BatchNorm parameters and biases get neither weight decay nor
-  layer-wise adaptation. optax.lars's chain (and state), with `scale_by_trust_ratio` above."""
-  return optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=is_matrix_like),
-      optax.masked(scale_by_trust_ratio(trust_coefficient, epsilon), is_matrix_like),
-      optax.scale_by_learning_rate(schedule),
-      optax.trace(decay=momentum, nesterov=nesterov))
+  layer-wise adaptation."""
+  return optax.lars(learning_rate=schedule, weight_decay=weight_decay,
+                    weight_decay_mask=is_matrix_like, trust_coefficient=trust_coefficient,
+                    eps=epsilon, trust_ratio_mask=is_matrix_like, momentum=momentum,
+                    nesterov=nesterov)
 
 
 def sgd_momentum(schedule: optax.Schedule, *, momentum: float, weight_decay: float,
@@ -177,10 +131,10 @@ def lamb(schedule: optax.Schedule, *, beta_1: float, beta_2: float, epsilon: flo
   """
   decay = name_mask(exclude_from_weight_decay)
   return optax.chain(
-      clip_by_global_norm(clip_norm) if clip_norm else optax.identity(),
+      optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity(),
       optax.scale_by_adam(b1=beta_1, b2=beta_2, eps=epsilon),
       optax.add_decayed_weights(weight_decay, mask=decay),
-      optax.masked(scale_by_trust_ratio(), decay),
+      optax.masked(optax.scale_by_trust_ratio(), decay),
       optax.scale_by_learning_rate(schedule))
 
 

@@ -243,7 +243,7 @@ class Wav2Vec2Task(Task):
     adam = optax.adamw(self._schedule, b1=opt.beta_1, b2=opt.beta_2, eps=opt.epsilon,
                        weight_decay=opt.weight_decay)
     if opt.clip_norm:
-      return optax.chain(optimizers.clip_by_global_norm(opt.clip_norm), adam)
+      return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adam)
     return adam
 
   def _optimizer_hyperparameters(self) -> dict[str, Any]:

@@ -243,16 +243,6 @@ def _column_sums(*arrays):
       default=lambda *arrays: tuple(a.sum(axis=0) for a in arrays))
 
 
-def sum_of_squares(x: jax.Array) -> jax.Array:
-  """``sum(x**2)`` over all of ``x``, in float32: a dot product on XLA:CPU, where a full
-  reduction becomes the slow tree of reduce-windows that :func:`_column_sums` avoids (the
-  optimizers' per-tensor and global norms), a plain sum elsewhere."""
-  rows = x.reshape(-1, x.shape[-1] if x.ndim > 1 else x.size).astype(jnp.float32)
-  return jax.lax.platform_dependent(
-      rows, cpu=lambda r: jnp.sum(jnp.dot(r * r, jnp.ones((r.shape[1],), r.dtype))),
-      default=lambda r: jnp.sum(r * r))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x, scale, bias, epsilon: float):
   """Batch-normalises ``x`` over every axis but the last: returns ``(y, mean, var)``.

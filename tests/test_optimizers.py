@@ -1,8 +1,6 @@
 """MLPerf schedule and optimizer semantics: the LARS polynomial schedule and the exclusion of
 BatchNorm parameters and biases from weight decay and layer-wise adaptation."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,58 +57,3 @@ def test_sgd_decays_kernels_only():
   assert float(jnp.abs(updates['bn']['bias']).max()) == 0.0
   new = optax.apply_updates(params, updates)
   assert float(new['head']['bias'][0]) == 1.0
-
-
-def _random_tree(seed, params):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
-
-
-def _optax_lamb(clip_norm):
-  decay = optimizers.name_mask(optimizers.BERT_EXCLUDE_FROM_WEIGHT_DECAY)
-  return optax.chain(
-      optax.clip_by_global_norm(clip_norm), optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
-      optax.add_decayed_weights(0.01, mask=decay), optax.masked(optax.scale_by_trust_ratio(), decay),
-      optax.scale_by_learning_rate(lambda _: 0.05))
-
-
-def test_lars_and_lamb_equal_optaxs_own_with_the_same_state_layout():
-  """podium's chains compute their norms as dot products on CPU (`layers.sum_of_squares`);
-  the updates are optax's, and so is the state tree (checkpoints restore either way). The
-  gradients are large enough that LAMB's clipping is active."""
-  params = dict(_params(), LayerNorm={'scale': jnp.ones((8,))}, zero={'kernel': jnp.zeros((4, 4))})
-  params = jax.tree.map(lambda p, r: p + 0.1 * r if p.any() else p, params, _random_tree(0, params))
-  pairs = {
-      'lars': (optimizers.lars(lambda _: 0.5, momentum=0.9, weight_decay=0.05),
-               optax.lars(lambda _: 0.5, weight_decay=0.05, weight_decay_mask=optimizers.is_matrix_like,
-                          trust_coefficient=0.001, trust_ratio_mask=optimizers.is_matrix_like,
-                          momentum=0.9)),
-      'lamb': (optimizers.lamb(lambda _: 0.05, beta_1=0.9, beta_2=0.999, epsilon=1e-6,
-                               weight_decay=0.01, clip_norm=1.0), _optax_lamb(1.0)),
-  }
-  for name, (ours, theirs) in pairs.items():
-    ours_state, theirs_state = ours.init(params), theirs.init(params)
-    assert jax.tree.structure(ours_state) == jax.tree.structure(theirs_state), name
-    ours_params = theirs_params = params
-    for step in range(3):
-      grads = jax.tree.map(lambda g: 3 * g, _random_tree(step + 1, params))
-      u, ours_state = jax.jit(ours.update)(grads, ours_state, ours_params)
-      ours_params = optax.apply_updates(ours_params, u)
-      u, theirs_state = jax.jit(theirs.update)(grads, theirs_state, theirs_params)
-      theirs_params = optax.apply_updates(theirs_params, u)
-    for a, b in zip(jax.tree.leaves(ours_params), jax.tree.leaves(theirs_params)):
-      np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6, err_msg=name)
-
-
-def test_norms_are_matrix_vector_products_on_cpu():
-  """XLA:CPU rewrites a full reduction into a tree of reduce-windows (the norms were a third
-  of LAMB's update over BERT-base); podium's sum of squares is a matrix-vector product there,
-  leaving a reduction over rows only."""
-  from models import layers
-  x = _random_tree(0, {'w': jnp.ones((256, 64))})['w']
-  hlo = jax.jit(layers.sum_of_squares).lower(x).compile().as_text()
-  assert ' dot(' in hlo
-  windows = [int(n) for n in re.findall(r'= f32\[(\d+)\]\S* reduce-window\(', hlo)]
-  assert all(n * 32 <= 256 for n in windows), windows  # over the 256 row sums, not 16,384
-  np.testing.assert_allclose(layers.sum_of_squares(x), np.sum(np.square(np.asarray(x))),
-                             rtol=1e-5)
