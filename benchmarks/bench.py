@@ -9,8 +9,9 @@ pretraining) at a given batch, input size and dtype, on the current device:
             analysis), model FLOPs (cost analysis), achieved FLOP/s and MFU against the chip
             table or, on a CPU, a measured matmul rate; with --profile, the costliest XLA ops
             from a jax.profiler trace.
-  PyTorch   the same architecture from transformers, same batch, loss and optimizer family,
-            forward + backward + the optimizer step in train mode, eager and under
+  PyTorch   the same architecture from transformers, same batch, loss and optimizer (LARS
+            and LAMB from torch_optimizers), forward + backward + the optimizer step in
+            train mode, eager and under
             torch.compile, on the same device with XLA's thread count.
 
 podium and PyTorch steps are timed in interleaved rounds (A B C A B C ...) so that load from
@@ -641,8 +642,9 @@ CPU_NOTES = (
     'are strided slices of the padded input: lax.conv_general_dilated_patches extracts them '
     'with a depthwise convolution, which took 45% of RegNet\'s step (RegNet 1.92 -> 2.97 '
     'images/s).',
-    'BatchNorm (ResNet, RegNet): XLA:CPU rewrites a reduction over N*H*W into a tree of '
-    'reduce-windows, 3-6x the cost of an elementwise pass. podium\'s BatchNorm '
+    'BatchNorm (ResNet, RegNet): XLA:CPU (with YNN\'s reduce fusion off, as podium ran it '
+    'then) rewrites a reduction over N*H*W into a tree of reduce-windows, 3-6x the cost of an '
+    'elementwise pass. podium\'s BatchNorm '
     '(models/layers.batch_norm_train) has a hand-written backward whose four reductions are '
     'ones-vector matmuls on CPU (plain sums elsewhere): one 4x112x112x64 BatchNorm forward + '
     'backward 63 -> 25 ms; train steps 1.27x (ResNet-50, batch 4) and 1.15x (RegNet, batch 8) '
