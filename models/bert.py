@@ -138,28 +138,7 @@ class _Options:
 
 
 def _dropout(x, rate: float, train: bool, rngs: nnx.Rngs | None):
-  if not train or rate == 0.0:
-    return x
-  if rngs is None:
-    raise ValueError('BERT in train mode needs rngs with a dropout stream '
-                     '(nnx.Rngs(dropout=key))')
-  # The mask's bits come from XLA's RngBitGenerator ('unsafe_rbg'), seeded from the stream's
-  # key: on TPU that is the hardware generator, many times faster than threefry's hash.
-  data = jax.random.key_data(rngs.dropout()).reshape(-1)[:2]
-  key = jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]),
-                                 impl='unsafe_rbg')
-  keep = _keep_mask(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
-
-
-def _keep_mask(key, keep_prob: float, shape) -> jax.Array:
-  """True with probability `keep_prob` (to within 2^-17), from 16 random bits per element:
-  each 32-bit word decides two elements. Generating the bits is the mask's whole cost on
-  XLA:CPU, where this halves it (BERT-base's masks were ~5% of its step there)."""
-  size = math.prod(shape)
-  words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
-  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
-  return halves.astype(jnp.uint32) < jnp.uint32(round(keep_prob * 65536))
+  return layers.dropout(x, rate, train=train, rngs=rngs, model='BERT')
 
 
 class Embeddings(nnx.Module):

@@ -9,6 +9,7 @@ or ``'conv_out'`` is the recipe's choice.
 
 import functools
 import itertools
+import math
 import string
 from collections.abc import Sequence
 
@@ -37,6 +38,39 @@ def with_logical_constraint(x: jax.Array, names: LogicalNames) -> jax.Array:
         f'with_logical_constraint: {len(names)} axis names {names} for an array of '
         f'rank {x.ndim} and shape {x.shape}; give one name (or None) per axis.')
   return linen.with_logical_constraint(x, names)
+
+
+def dropout(x: jax.Array, rate: float, *, train: bool, rngs: nnx.Rngs | None,
+            model: str = 'this model') -> jax.Array:
+  """Inverted dropout: each element zeroed with probability ``rate``, the rest scaled by
+  ``1 / (1 - rate)``; the identity when not ``train``. Each call takes the next key of the
+  ``rngs.dropout`` stream, so every dropout site gets its own mask.
+
+  The mask's bits come from XLA's RngBitGenerator ('unsafe_rbg'), seeded from that key: on
+  TPU the hardware generator, many times faster than threefry's hash. On XLA:CPU, with 16
+  bits an element (:func:`keep_mask`), wav2vec2 BASE's train step at batch 4 took 7.00 s
+  against 7.18 s with ``jax.random.bernoulli`` (6.82 s without dropout; side by side).
+  """
+  if not train or rate == 0.0:
+    return x
+  if rngs is None:
+    raise ValueError(f'{model} in train mode needs rngs with a dropout stream '
+                     '(nnx.Rngs(dropout=key))')
+  data = jax.random.key_data(rngs.dropout()).reshape(-1)[:2]
+  key = jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]),
+                                 impl='unsafe_rbg')
+  keep = keep_mask(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def keep_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Array:
+  """True with probability ``keep_prob`` (to within 2^-17), from 16 random bits per element:
+  each 32-bit word decides two elements. Generating the bits is the mask's whole cost on
+  XLA:CPU, where this halves it (BERT-base's masks were ~5% of its step there)."""
+  size = math.prod(shape)
+  words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
+  return halves.astype(jnp.uint32) < jnp.uint32(round(keep_prob * 65536))
 
 
 def symmetric_padding(kernel_size: Sequence[int]) -> list[tuple[int, int]]:

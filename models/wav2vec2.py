@@ -207,13 +207,7 @@ scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
 
 
 def _dropout(x: jax.Array, rate: float, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
-  if not train or rate == 0.0:
-    return x
-  if rngs is None:
-    raise ValueError('wav2vec 2.0 in train mode needs rngs with a dropout stream '
-                     '(nnx.Rngs(dropout=key))')
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+  return layers.dropout(x, rate, train=train, rngs=rngs, model='wav2vec 2.0')
 
 
 def _layer_norm(features: int, epsilon: float, param_dtype, axis: str | None, rngs) -> nnx.LayerNorm:

@@ -139,24 +139,3 @@ def test_cudnn_attention_refuses_attention_dropout():
   with pytest.raises(ValueError, match="attention='cudnn' has no attention dropout"):
     bert_lib.BertConfig(attention='cudnn')
   assert bert_lib.BertConfig(attention='cudnn', attention_dropout=0.0).attention == 'cudnn'
-
-
-def test_dropout_keeps_one_minus_rate_from_sixteen_bits_per_element():
-  """BERT's dropout mask: keep probability 1 - rate, the two 16-bit halves of each random
-  word independent, an odd size handled, kept values scaled by 1 / (1 - rate), a new mask
-  for every call of the dropout stream."""
-  import jax
-  import jax.numpy as jnp
-  rngs = nnx.Rngs(dropout=jax.random.key(0))
-  x = jnp.ones((1001, 999))  # odd size: the last word's second half is unused
-  first = np.asarray(bert_lib._dropout(x, 0.1, True, rngs))
-  second = np.asarray(bert_lib._dropout(x, 0.1, True, rngs))
-  kept = first != 0
-  sigma = np.sqrt(0.9 * 0.1 / kept.size)
-  assert abs(kept.mean() - 0.9) < 5 * sigma
-  np.testing.assert_allclose(first[kept], 1 / 0.9, rtol=1e-6)
-  flat = kept.reshape(-1)
-  pairs = flat[0:-1:2] & flat[1::2]  # the two halves of one word
-  assert abs(pairs.mean() - 0.81) < 5 * np.sqrt(0.81 * 0.19 / pairs.size)
-  assert (second != first).any() and abs((second != 0).mean() - 0.9) < 5 * sigma
-  np.testing.assert_array_equal(bert_lib._dropout(x, 0.1, False, rngs), x)
