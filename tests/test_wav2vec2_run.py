@@ -157,7 +157,10 @@ def test_codebook_perplexity_and_temperature_are_logged(short_runs):
   temperature = scalars(out, 'wav2vec2_pretrain', 'gumbel_temperature')
   assert perplexity and temperature and len(perplexity) == len(temperature)
   assert all(2.0 < p <= 640.0 for _, p in perplexity)          # G x V = 640 at most
-  assert all(t == pytest.approx(2.0 * 0.999995 ** s, rel=1e-5) for s, t in temperature)
+  loss = registry.resolve('wav2vec2_pretrain', 'espeak_cpu').loss  # its x0.9993 schedule
+  # Logged at step s: the temperature of the update that ended there, s - 1 updates in.
+  assert all(t == pytest.approx(max(loss.max_temperature * loss.temperature_decay ** (s - 1),
+                                    loss.min_temperature), rel=1e-5) for s, t in temperature)
 
 
 def test_perplexity_stays_well_above_two_over_a_short_run(small_corpus):
