@@ -631,8 +631,10 @@ CPU_NOTES = (
     'dot fusions on (BERT-base 1.05x, wav2vec2 1.06x; conv nets within 2%).',
     'Optimizers: both sides run the same update (podium\'s LARS for ResNet, LAMB for BERT, '
     'written for PyTorch in benchmarks/torch_optimizers.py and tested equal to optax\'s).',
-    'BERT\'s dropout masks: 16 random bits per element (each 32-bit word decides two); the '
-    'bits are the mask\'s whole cost on XLA:CPU (10.6 -> 6.0 ms per [8, 128, 768] mask).',
+    'Dropout masks (BERT and wav2vec2 share models/layers.dropout): RngBitGenerator bits, 16 '
+    'per element (each 32-bit word decides two); the bits are the mask\'s whole cost on '
+    'XLA:CPU (10.6 -> 6.0 ms per [8, 128, 768] mask; wav2vec2 BASE\'s step 7.18 -> 7.00 s '
+    'against threefry Bernoulli bits).',
     'Grouped convolutions (RegNet\'s 3x3 group convs, wav2vec2\'s positional conv): XLA:CPU '
     'computes their kernel gradient as a batch-group convolution outside its fast conv '
     'kernels, 10-45x slower than PyTorch (RegNetY-1.6GF at batch 8: 1.5-4.5 s per layer). '
