@@ -643,7 +643,8 @@ CPU_NOTES = (
     'layer, and 6.2 -> 3.6 s for wav2vec2 BASE\'s positional conv at batch 8. The patches '
     'are strided slices of the padded input: lax.conv_general_dilated_patches extracts them '
     'with a depthwise convolution, which took 45% of RegNet\'s step (RegNet 1.92 -> 2.97 '
-    'images/s).',
+    'images/s). For windows of up to 9 positions (RegNet\'s 3x3) it is one matmul per '
+    'position over its strided view, no stacked patch array: RegNet\'s step 3.14 -> 2.76 s.',
     'BatchNorm (ResNet, RegNet): podium\'s BatchNorm (models/layers.batch_norm_train) has a '
     'hand-written backward, four plain reductions and two elementwise passes: one '
     '4x112x112x64 BatchNorm forward + backward 12.7 ms against 27.0 ms through autodiff.',
@@ -652,8 +653,9 @@ CPU_NOTES = (
     'convolutions are half of it, and XLA fuses a recomputation of the residual stream\'s '
     'BatchNorms into them. Tried without gain: 1x1 '
     'kernel gradients as matmuls, an optimization barrier on convolution inputs. PyTorch runs '
-    'oneDNN\'s fused kernels for both. RegNet (named ops): transposes 32%, YNN dot fusions 23%, '
-    'the kernel-gradient patches\' stack 16% and strided slices 9%.',
+    'oneDNN\'s fused kernels for both. RegNet (named ops, before the '
+    'per-position kernel gradient): transposes 32%, YNN dot fusions 23%, the kernel-gradient '
+    'patches\' stack 16% and strided slices 9%.',
     'float32 on CPU: bfloat16 gains nothing on this CPU (no bf16 matmul units) in either '
     'framework.',
 )

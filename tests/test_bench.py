@@ -104,10 +104,12 @@ def test_bench_quick_measures_every_model_and_both_pytorch_modes(tmp_path):
 @pytest.mark.parametrize('shape, kernel, stride, groups, padding', [
     ((2, 9, 9, 12), (3, 3, 4, 6), 2, 3, ((1, 1), (1, 1))),   # RegNet's strided 3x3 group conv
     ((2, 17, 8), (6, 2, 8), 1, 4, ((3, 2),)),                 # wav2vec2's even-kernel pos conv
-])
+    ((2, 30, 8), (12, 2, 8), 1, 4, ((6, 5),)),                # a window of > 9 positions:
+])                                                            # stacked patches, one matmul
 def test_grouped_conv_gradients_equal_xlas(shape, kernel, stride, groups, padding):
   """The CPU fix behind RegNet's and wav2vec2's bench rows: layers' grouped convolution
-  computes the kernel gradient from input patches; both gradients equal XLA's own."""
+  computes the kernel gradient from matmuls of input patches (one per window position for
+  small windows, one of the stacked patches for long ones); both gradients equal XLA's."""
   import jax
   import jax.numpy as jnp
   from models import layers
